@@ -1,0 +1,29 @@
+# Two commands work on a fresh machine: `make demo` and `make test` (each sets itself up).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned here (the CPU wheel); pyproject.toml keeps a range for users.
+TORCH := torch==2.13.0
+
+.PHONY: venv demo test test-fast clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+demo: venv
+	$(BIN)/python -m pyro_svae.demo --out demo_output
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,127 @@
+"""``fit``: AnnData in, fitted :class:`~pyro_svae.result.SVAE` out; a thin facade over the stages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional, Union
+
+import pyro
+import torch
+
+from .data import read_screen
+from .guide import inspect_prior
+from .model import LIKELIHOODS
+from .priors import prior_name
+from .result import SVAE, SVAEConfig, build
+from .train import TrainConfig, auto_max_epochs, param_scope, resolve_device, train
+
+__all__ = ["fit"]
+
+logger = logging.getLogger(__name__)
+
+
+def _check(name: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"Expected {name} {expected}, but got {value!r}.")
+
+
+def fit(
+    adata,
+    perturbation_key: str = "perturbation",
+    control: str = "control",
+    *,
+    layer: Optional[str] = None,
+    batch_key: Optional[str] = None,
+    n_latent: int = 10,
+    prior: Union[str, Callable] = "spike_and_slab",
+    prior_options: Optional[dict] = None,
+    likelihood: str = "nb",
+    n_hidden: int = 128,
+    n_layers: int = 2,
+    batch_size: int = 256,
+    max_epochs: Union[int, str] = "auto",
+    lr: float = 1e-3,
+    prior_lr: float = 1e-2,
+    kl_warmup_epochs: Union[int, str] = "auto",
+    validation_fraction: float = 0.1,
+    early_stopping: bool = True,
+    patience: int = 30,
+    separator: Optional[str] = "+",
+    allow_non_integer: bool = False,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+) -> SVAE:
+    """Fit a sparse mechanism shift VAE to a perturbation screen.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells x genes raw counts (dense or sparse) in ``X`` or ``layers[layer]``; not modified.
+    perturbation_key : str
+        Column of ``adata.obs`` naming each cell's perturbation; ``control`` marks controls and
+        ``separator`` joins combinations (``"A+B"``: the shifts of A and B add up).
+    batch_key : str, optional
+        Column of ``adata.obs`` with a batch (e.g. replicate) given to encoder and decoder.
+    n_latent : int
+        Number of latent dimensions ``K``.
+    prior : str or callable
+        A name in :data:`pyro_svae.priors.PRIORS` or a function ``prior(n_perturbations, n_latent)``
+        returning the effective shifts ``[P, K]``; its guide is built automatically.
+    prior_options : dict, optional
+        Keyword options of the prior, e.g. ``{"sparsity": 20.0}`` for ``spike_and_slab``.
+    likelihood : {"nb", "zinb", "poisson"}
+    max_epochs, kl_warmup_epochs : int or "auto"
+        ``"auto"``: about 6,000 optimisation steps (50 to 1,000 epochs), warm-up over the first
+        fifth of them.
+    lr, prior_lr : float
+        Learning rates of the networks and of the prior's global parameters.
+    validation_fraction : float
+        Cells held out for the validation ELBO and early stopping; ``0`` trains on all cells.
+    seed : int
+        Seeds the split, the initialisation and every draw: the same seed gives the same model.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+
+    Returns
+    -------
+    SVAE
+        The fitted model; ``model.history`` has the per-epoch ELBOs.
+    """
+    _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
+    _check("likelihood", likelihood, likelihood in LIKELIHOODS, f"to be one of {LIKELIHOODS}")
+    _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "to be an integer >= 1")
+    _check("validation_fraction", validation_fraction, 0 <= validation_fraction < 1, "in [0, 1)")
+    _check("lr", lr, lr > 0, "> 0")
+    screen = read_screen(adata, perturbation_key, control, layer=layer, batch_key=batch_key,
+                         separator=separator, allow_non_integer=allow_non_integer)
+    n_train = screen.n_cells - int(round(validation_fraction * screen.n_cells))
+    if max_epochs == "auto":
+        max_epochs = auto_max_epochs(n_train, batch_size)
+    if kl_warmup_epochs == "auto":
+        kl_warmup_epochs = max(1, max_epochs // 5)
+    _check("max_epochs", max_epochs, isinstance(max_epochs, int) and max_epochs >= 1, "to be 'auto' or an integer >= 1")
+    config = SVAEConfig(
+        n_latent=n_latent, prior=prior if isinstance(prior, str) else prior_name(prior),
+        prior_options=dict(prior_options or {}), likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
+        perturbation_key=perturbation_key, control=control, layer=layer, batch_key=batch_key,
+        separator=separator, allow_non_integer=allow_non_integer,
+    )
+    train_config = TrainConfig(
+        batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, kl_warmup_epochs=kl_warmup_epochs,
+        validation_fraction=validation_fraction, early_stopping=early_stopping and validation_fraction > 0,
+        patience=patience, seed=seed,
+    )
+    device = resolve_device(device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormals made CPU steps up to 15x slower (see docs)
+    pyro.set_rng_seed(seed)
+    nets, prior_fn = build(config, screen, prior)
+    params: dict = {}
+    with param_scope(params):
+        prior_sites = inspect_prior(prior_fn, screen.n_perturbations, n_latent)
+    logger.info("Fitting %d cells x %d genes, %d perturbations, prior %s, %d epochs on %s.",
+                screen.n_cells, screen.n_genes, screen.n_perturbations, config.prior, max_epochs, device)
+    history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
+                    params=params, device=device, progress=progress)
+    return SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, history, device, adata)

@@ -1,0 +1,78 @@
+"""Recovery metrics against a known truth: latent MCC, R^2, target precision/recall/F1.
+
+Learned latents are identifiable only up to permutation and sign (and an elementwise map), so
+every metric first matches learned to true dimensions with the Hungarian algorithm
+(:func:`scipy.optimize.linear_sum_assignment`) on absolute correlations.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+
+__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores"]
+
+
+class Matching(NamedTuple):
+    """``true_index[j]`` is the true dimension matched to learned dimension ``learned_index[j]``."""
+
+    learned_index: np.ndarray
+    true_index: np.ndarray
+    correlations: np.ndarray  # [n_matched] |corr| of each matched pair
+
+
+def _abs_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = (a - a.mean(0)) / (a.std(0) + 1e-12)
+    b = (b - b.mean(0)) / (b.std(0) + 1e-12)
+    return np.abs(a.T @ b) / len(a)  # [n_learned, n_true]
+
+
+def match_latents(learned: np.ndarray, true: np.ndarray, method: str = "pearson") -> Matching:
+    """Match learned ``[n_cells, K1]`` to true ``[n_cells, K2]`` latents by |correlation|."""
+    learned, true = np.asarray(learned, float), np.asarray(true, float)
+    if learned.shape[0] != true.shape[0]:
+        raise ValueError(f"Expected the same number of cells, but got {learned.shape[0]} and {true.shape[0]}.")
+    if method == "spearman":
+        learned, true = rankdata(learned, axis=0), rankdata(true, axis=0)
+    elif method != "pearson":
+        raise ValueError(f"Expected method 'pearson' or 'spearman', but got {method!r}.")
+    corr = _abs_corr(learned, true)
+    rows, cols = linear_sum_assignment(-corr)
+    return Matching(rows, cols, corr[rows, cols])
+
+
+def mcc(learned: np.ndarray, true: np.ndarray, method: str = "pearson") -> float:
+    """Mean correlation coefficient after matching: 1 means recovery up to permutation and sign."""
+    return float(match_latents(learned, true, method).correlations.mean())
+
+
+def r2(learned: np.ndarray, true: np.ndarray) -> float:
+    """Mean R^2 of each true latent regressed (affinely) on its matched learned latent."""
+    return float((match_latents(learned, true).correlations ** 2).mean())
+
+
+def target_scores(pip: np.ndarray, true_targets: np.ndarray, matching: Matching, threshold: float = 0.5) -> dict:
+    """Precision, recall and F1 of called targets (``pip > threshold``) against the truth.
+
+    ``pip`` is ``[n_perturbations, K_learned]``, ``true_targets`` ``[n_perturbations, K_true]``; the
+    learned columns are put in the order of the true ones by ``matching``. Learned dimensions
+    matched to no true one count as false positives.
+    """
+    pip, true_targets = np.asarray(pip), np.asarray(true_targets, bool)
+    if pip.shape[0] != true_targets.shape[0]:
+        raise ValueError(f"Expected the same perturbations, but got {pip.shape[0]} and {true_targets.shape[0]} rows.")
+    called = pip > threshold
+    aligned = np.zeros_like(true_targets)
+    aligned[:, matching.true_index] = called[:, matching.learned_index]
+    unmatched = np.setdiff1d(np.arange(pip.shape[1]), matching.learned_index)
+    extra = int(called[:, unmatched].sum())
+    tp = int((aligned & true_targets).sum())
+    fp = int((aligned & ~true_targets).sum()) + extra
+    fn = int((~aligned & true_targets).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -1,0 +1,274 @@
+"""The fitted model: latents, targets, shifts, ELBO, save and load."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+
+from .data import ScreenData, read_screen
+from .guide import PriorSite, guide, inspect_prior, prior_guide
+from .model import model
+from .nets import Networks
+from .priors import ShiftMoments, resolve_prior
+from .train import DataOnDevice, TrainConfig, local_elbo, param_scope
+
+__all__ = ["SVAEConfig", "SVAE", "load", "SHIFT_THRESHOLD"]
+
+logger = logging.getLogger(__name__)
+
+#: For priors without a mask, a latent counts as a target when ``|shift| > SHIFT_THRESHOLD``
+#: (in units of the prior's unit standard deviation of ``z``).
+SHIFT_THRESHOLD = 0.5
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SVAEConfig:
+    """Everything that defines a model besides its parameters: data layout and architecture."""
+
+    n_latent: int = 10
+    prior: str = "spike_and_slab"
+    prior_options: dict = field(default_factory=dict)
+    likelihood: str = "nb"
+    n_hidden: int = 128
+    n_layers: int = 2
+    perturbation_key: str = "perturbation"
+    control: str = "control"
+    layer: Optional[str] = None
+    batch_key: Optional[str] = None
+    separator: Optional[str] = "+"
+    allow_non_integer: bool = False
+
+
+class SVAE:
+    """A fitted sparse mechanism shift VAE. Made by :func:`pyro_svae.fit` or :func:`pyro_svae.load`.
+
+    Attributes
+    ----------
+    history : pandas.DataFrame
+        One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo`` (per-cell ELBO) and
+        ``loss`` (the optimised objective per cell, with the warm-up weight).
+    perturbation_names, gene_names, batch_names : tuple of str
+    adata : anndata.AnnData or None
+        The AnnData the model was fitted on (a reference, never modified); the default data of
+        the methods below.
+    """
+
+    def __init__(self, config: SVAEConfig, nets: Networks, prior: Callable, prior_sites, params: dict,
+                 screen: ScreenData, train_config: TrainConfig, history: pd.DataFrame, device, adata=None):
+        self.config, self.nets, self.prior, self.prior_sites = config, nets, prior, prior_sites
+        self.params, self.train_config, self.history, self.device = params, train_config, history, torch.device(device)
+        self.gene_names, self.perturbation_names = screen.gene_names, screen.perturbation_names
+        self.batch_names = screen.batch_names
+        self.adata = adata
+
+    def __repr__(self) -> str:
+        return (f"SVAE(prior={self.config.prior!r}, n_latent={self.config.n_latent}, likelihood={self.config.likelihood!r}, "
+                f"{len(self.perturbation_names)} perturbations, {len(self.gene_names)} genes, {len(self.history)} epochs)")
+
+    # ---- data -----------------------------------------------------------------------------
+    def _read(self, adata=None) -> ScreenData:
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise ValueError("No AnnData given and none kept from training (a loaded model): pass adata.")
+        genes = list(map(str, adata.var_names))
+        if genes != list(self.gene_names):
+            if sorted(genes) != sorted(self.gene_names):
+                missing = sorted(set(self.gene_names) - set(genes))[:5]
+                raise ValueError(f"adata.var_names differ from the {len(self.gene_names)} training genes "
+                                 f"(e.g. missing {missing}); expected the same genes.")
+            warnings.warn("adata.var_names are the training genes in another order; reordering by name.", stacklevel=3)
+            adata = adata[:, list(self.gene_names)]
+        c = self.config
+        return read_screen(adata, c.perturbation_key, c.control, layer=c.layer, batch_key=c.batch_key,
+                           separator=c.separator, allow_non_integer=c.allow_non_integer,
+                           perturbation_names=self.perturbation_names, batch_names=self.batch_names,
+                           require_control=False)
+
+    def _functions(self, n_perturbations: Optional[int] = None):
+        static = dict(nets=self.nets, prior=self.prior, likelihood=self.config.likelihood,
+                      n_perturbations=n_perturbations or len(self.perturbation_names))
+        return functools.partial(model, **static), functools.partial(guide, prior_sites=self.prior_sites, **static)
+
+    def _minibatches(self, screen: ScreenData, batch_size: int):
+        on_device = DataOnDevice(screen, self.device)
+        for start in range(0, screen.n_cells, batch_size):
+            yield on_device.minibatch(np.arange(start, min(start + batch_size, screen.n_cells)))
+
+    # ---- cells ----------------------------------------------------------------------------
+    def get_latent(self, adata=None, batch_size: int = 1024) -> np.ndarray:
+        """Posterior mean of ``z`` for each cell: ``[n_cells, n_latent]``."""
+        screen = self._read(adata)
+        with torch.no_grad():
+            locs = [self.nets.encoder(b["counts"], b["batch"])[0].cpu() for b in self._minibatches(screen, batch_size)]
+        return torch.cat(locs).numpy()
+
+    def elbo(self, adata=None, by: Optional[str] = None, batch_size: int = 1024):
+        """Per-cell ELBO ``E_q[log p(x | z)] - KL(q(z | x) || p(z | delta))``, averaged over cells.
+
+        With ``by`` (a column of ``adata.obs``, e.g. ``"perturbation"``) a ``pandas.Series`` of the
+        mean per group. One draw of the global sites.
+        """
+        adata = self.adata if adata is None else adata
+        screen = self._read(adata)
+        model_fn, guide_fn = self._functions()
+        with param_scope(self.params), torch.no_grad():
+            values = torch.cat([local_elbo(model_fn, guide_fn, b).cpu() for b in self._minibatches(screen, batch_size)])
+        values = values.numpy()
+        if by is None:
+            return float(values.mean())
+        if by not in adata.obs.columns:
+            raise KeyError(f"by={by!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}.")
+        return pd.Series(values, index=adata.obs_names).groupby(adata.obs[by].astype(str).to_numpy()).mean().rename("elbo")
+
+    # ---- perturbations --------------------------------------------------------------------
+    def _global_draws(self, num_samples: int):
+        """Guide draws of the prior sites and the effective shifts ``delta`` ``[S, P, K]``."""
+        shape = (len(self.perturbation_names), self.config.n_latent)
+        inclusion, deltas = [], []
+        with param_scope(self.params), torch.no_grad():
+            for _ in range(num_samples):
+                guide_trace = poutine.trace(prior_guide).get_trace(self.prior_sites, self.prior, shape, self.device)
+                delta = poutine.replay(self.prior, trace=guide_trace)(*shape)
+                if isinstance(delta, ShiftMoments):  # masks integrated out
+                    if delta.inclusion is not None:
+                        inclusion.append(delta.inclusion.cpu())
+                    delta = delta.mean
+                elif "mask" in guide_trace.nodes:
+                    fn = guide_trace.nodes["mask"]["fn"]
+                    fn = fn.base_dist if isinstance(fn, pyro.distributions.Independent) else fn
+                    # Bernoulli and relaxed Bernoulli alike: P(mask > 1/2) = probs (Rao-Blackwellised)
+                    inclusion.append(fn.probs.cpu())
+                deltas.append(delta.cpu())
+        deltas = torch.stack(deltas)
+        inclusion = torch.stack(inclusion) if inclusion else (deltas.abs() > SHIFT_THRESHOLD).float()
+        return inclusion.mean(0).numpy(), deltas.mean(0).numpy()
+
+    def _frame(self, values: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(values, index=pd.Index(self.perturbation_names, name="perturbation"),
+                            columns=pd.RangeIndex(self.config.n_latent, name="latent"))
+
+    def intervention_targets(self, num_samples: int = 200) -> pd.DataFrame:
+        """Posterior inclusion probabilities ``[perturbations x latents]`` in [0, 1].
+
+        For a prior that reports its inclusion probability (``ShiftMoments.inclusion``, as
+        ``spike_and_slab``) or has a ``mask`` site, ``E_q[P(mask = 1)]``; otherwise the probability
+        that ``|delta| > SHIFT_THRESHOLD`` under the guide.
+        """
+        return self._frame(self._global_draws(num_samples)[0])
+
+    def shifts(self, num_samples: int = 200) -> pd.DataFrame:
+        """Posterior mean effective shift ``E_q[delta]``: ``[perturbations x latents]``."""
+        return self._frame(self._global_draws(num_samples)[1])
+
+    # ---- persistence ----------------------------------------------------------------------
+    def save(self, path, overwrite: bool = False) -> None:
+        """Write the model to directory ``path``: ``config.json`` and ``params.pt`` (tensors only).
+
+        ``params.pt`` is read back with ``torch.load(weights_only=True)``, which cannot run code;
+        its SHA-256 is kept in ``config.json`` so a tampered or truncated file is refused.
+        """
+        from . import __version__
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it.")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {name: value.detach().cpu().contiguous() for name, value in self.params["params"].items()}
+        torch.save(tensors, path / "params.pt")
+        digest = hashlib.sha256((path / "params.pt").read_bytes()).hexdigest()
+        document = {
+            "format": _FORMAT, "version": __version__, "config": asdict(self.config),
+            "train_config": asdict(self.train_config), "gene_names": list(self.gene_names),
+            "perturbation_names": list(self.perturbation_names),
+            "batch_names": None if self.batch_names is None else list(self.batch_names),
+            "history": self.history.to_dict(orient="list"), "params_sha256": digest,
+        }
+        (path / "config.json").write_text(json.dumps(document, indent=1))
+
+
+def build(config: SVAEConfig, screen: ScreenData, prior: Optional[Callable] = None):
+    """Networks, prior function and prior sites for ``config`` on ``screen`` (parameters not created)."""
+    from .priors import PRIORS
+
+    if prior is None:
+        if config.prior not in PRIORS:
+            raise ValueError(f"This model uses the custom prior {config.prior!r}: pass it again, load(path, prior=fn).")
+        prior = config.prior
+    prior = resolve_prior(prior, **config.prior_options)
+    nets = Networks(screen.n_genes, config.n_latent, config.n_hidden, config.n_layers, screen.n_batches,
+                    zero_inflated=config.likelihood == "zinb")
+    return nets, prior
+
+
+def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVAE:
+    """Load a model written by :meth:`SVAE.save`. A custom prior function must be passed again."""
+    from . import __version__
+    from .train import resolve_device
+
+    path = Path(path)
+    config_file, params_file = path / "config.json", path / "params.pt"
+    for f in (config_file, params_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing; expected a directory written by SVAE.save.")
+    try:
+        document = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err}); the file is damaged.") from None
+    if hashlib.sha256(params_file.read_bytes()).hexdigest() != document.get("params_sha256"):
+        raise ValueError(f"{params_file} does not match the checksum in config.json: it was modified or truncated.")
+    if _version_tuple(document.get("version", "0")) > _version_tuple(__version__):
+        warnings.warn(f"The model was saved by pyro_svae {document['version']}, newer than this {__version__}.", stacklevel=2)
+    tensors = torch.load(params_file, map_location="cpu", weights_only=True)
+    config = SVAEConfig(**document["config"])
+    screen = ScreenData(counts=np.zeros((1, len(document["gene_names"])), np.float32),
+                        perturbations=np.zeros((1, 1), np.int64), batch=None, library=np.ones(1, np.float32),
+                        gene_names=tuple(document["gene_names"]), perturbation_names=tuple(document["perturbation_names"]),
+                        batch_names=None if document["batch_names"] is None else tuple(document["batch_names"]),
+                        cell_names=("",))
+    device = resolve_device(device)
+    nets, prior_fn = build(config, screen, prior)
+    nets.to(device)
+    params: dict = {}
+    with param_scope(params) as store:
+        prior_sites = inspect_prior(prior_fn, screen.n_perturbations, config.n_latent)
+        result = SVAE(config, nets, prior_fn, prior_sites, params, screen, TrainConfig(**document["train_config"]),
+                      pd.DataFrame(document["history"]), device, adata)
+        _create_params(result, screen.n_batches)
+        expected = set(store.keys())
+        if expected != set(tensors):
+            raise ValueError(f"{params_file} holds parameters {sorted(set(tensors) ^ expected)[:5]} that do not fit this model.")
+        with torch.no_grad():
+            for name, value in store.get_state()["params"].items():
+                if value.shape != tensors[name].shape:
+                    raise ValueError(f"Parameter {name!r} has shape {tuple(tensors[name].shape)} in the file, "
+                                     f"expected {tuple(value.shape)}.")
+                value.copy_(tensors[name].to(device))
+    return result
+
+
+def _create_params(result: SVAE, n_batches: int) -> None:
+    """Run model and guide once on a dummy cell so that every parameter exists in the store."""
+    model_fn, guide_fn = result._functions()
+    device = result.device
+    dummy = {"library": torch.ones(1, device=device),
+             "perturbations": torch.zeros(1, 1, dtype=torch.long, device=device),
+             "batch": torch.zeros(1, dtype=torch.long, device=device) if n_batches else None,
+             "counts": torch.zeros(1, len(result.gene_names), device=device)}
+    local_elbo(model_fn, guide_fn, dummy)
+
+
+def _version_tuple(version: str):
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("+")[0].split("."))

@@ -1,0 +1,251 @@
+"""Stochastic variational inference: minibatches, KL warm-up, early stopping, device, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.optim import ClippedAdam
+from tqdm.auto import tqdm
+
+from .data import ScreenData, counts_to_tensor
+from .guide import guide, PriorSite
+from .model import model
+from .nets import Networks
+
+__all__ = ["TrainConfig", "prior_weight", "param_scope", "auto_max_epochs", "local_elbo", "train", "resolve_device", "DataOnDevice"]
+
+logger = logging.getLogger(__name__)
+
+#: About this many optimisation steps are what the mask sparsity needs to settle (measured on the
+#: package's simulator: fewer leave spurious targets on); ``max_epochs="auto"`` aims for it.
+TARGET_STEPS = 6000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one fit (the model's own hyperparameters live in ``SVAEConfig``)."""
+
+    batch_size: int = 256
+    max_epochs: int = 100
+    lr: float = 1e-3
+    prior_lr: float = 1e-2
+    kl_warmup_epochs: int = 20
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 30
+    seed: int = 0
+    clip_norm: float = 10.0
+    #: the prior's global terms are tempered by ``prior_weight_initial`` until ``prior_anneal_start``
+    #: of ``max_epochs``, then ramped linearly to full weight at ``prior_anneal_end``
+    prior_weight_initial: float = 0.2
+    prior_anneal_start: float = 0.5
+    prior_anneal_end: float = 0.75
+
+
+def prior_weight(config: TrainConfig, progress: float) -> float:
+    """Weight of the prior's global terms at ``progress`` (fraction of ``max_epochs``) of training.
+
+    A continuation method: with a light sparsity penalty first, shifts and latents settle with
+    every useful target on; the full penalty then prunes the targets the data do not need. With
+    the full penalty from the start, targets are switched off before their shifts have grown and
+    never come back (measured on the simulator: target recall 0.6 instead of 0.9).
+    """
+    start, end, w0 = config.prior_anneal_start, config.prior_anneal_end, config.prior_weight_initial
+    if progress <= start:
+        return w0
+    return w0 + (1.0 - w0) * min(1.0, (progress - start) / max(end - start, 1e-9))
+
+
+def auto_max_epochs(n_cells: int, batch_size: int) -> int:
+    """Epochs that give about :data:`TARGET_STEPS` steps, between 50 and 1000."""
+    steps_per_epoch = max(1, math.ceil(n_cells / batch_size))
+    return int(min(1000, max(50, round(TARGET_STEPS / steps_per_epoch))))
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` or ``"auto"``: CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def param_scope(state: dict):
+    """Run with Pyro's global param store holding only ``state`` (a model's own parameters).
+
+    Fitted models keep their parameters apart, so two models in one session never share a
+    ``dispersion`` or a ``mask_logits``. On exit ``state`` holds the (possibly new) parameters and
+    the global store is restored.
+    """
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
+    if state:
+        store.set_state(state)
+    try:
+        yield store
+    finally:
+        new = store.get_state()
+        state.clear()
+        state.update(new)
+        store.clear()
+        store.set_state(saved)
+
+
+class DataOnDevice:
+    """The per-cell tensors of a screen on the training device; counts densified per minibatch."""
+
+    def __init__(self, data: ScreenData, device: torch.device):
+        self.data, self.device = data, device
+        dense = not hasattr(data.counts, "tocsr")
+        # Dense counts move to the device once; sparse rows are densified minibatch by minibatch.
+        self.counts = torch.as_tensor(data.counts, device=device) if dense else data.counts
+        self.library = torch.as_tensor(data.library, device=device)
+        self.perturbations = torch.as_tensor(data.perturbations, device=device)
+        self.batch = None if data.batch is None else torch.as_tensor(data.batch, device=device)
+
+    def minibatch(self, index: np.ndarray) -> dict:
+        index_t = torch.as_tensor(index, device=self.device)
+        counts = self.counts[index_t] if isinstance(self.counts, torch.Tensor) else counts_to_tensor(self.counts, index, self.device)
+        return {
+            "library": self.library[index_t],
+            "perturbations": self.perturbations[index_t],
+            "batch": None if self.batch is None else self.batch[index_t],
+            "counts": counts,
+        }
+
+
+def local_elbo(model_fn: Callable, guide_fn: Callable, batch: dict) -> torch.Tensor:
+    """Per-cell ELBO ``log p(x | z) - KL(q(z | x) || p(z | delta))`` at one draw of the globals: ``[B]``."""
+    guide_trace = poutine.trace(guide_fn).get_trace(**batch)
+    model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(**batch)
+    kl = torch.distributions.kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
+    log_lik = model_trace.nodes["counts"]["fn"].log_prob(batch["counts"])
+    if "shift_variance" in model_trace.nodes:  # masks integrated out: E_mask[log p(z | delta)]
+        kl = kl - model_trace.nodes["shift_variance"]["fn"].log_factor
+    return log_lik - kl
+
+
+def _mean_elbo(model_fn, guide_fn, data: DataOnDevice, index: np.ndarray, batch_size: int) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            total += local_elbo(model_fn, guide_fn, data.minibatch(index[start:start + batch_size])).sum().item()
+    return total / max(1, len(index))
+
+
+def _snapshot(store) -> dict:
+    return {name: value.detach().clone() for name, value in store.get_state()["params"].items()}
+
+
+def _restore(store, snapshot: dict) -> None:
+    with torch.no_grad():
+        for name, value in store.get_state()["params"].items():
+            value.copy_(snapshot[name])
+
+
+def train(
+    data: ScreenData,
+    nets: Networks,
+    prior: Callable,
+    prior_sites: Tuple[PriorSite, ...],
+    *,
+    likelihood: str,
+    config: TrainConfig,
+    params: dict,
+    device: torch.device,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam``.
+
+    The parameters end in ``params`` (a param-store state): the best by validation ELBO when
+    early stopping is on, else the last. Returns the history, one row per epoch.
+    """
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(data.n_cells)
+    n_val = int(round(config.validation_fraction * data.n_cells))
+    val_index, train_index = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if len(train_index) < config.batch_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the {len(train_index)} training cells; "
+            "expected batch_size <= number of cells (after the validation split)."
+        )
+    monitor_index = np.sort(rng.choice(train_index, size=min(len(train_index), max(n_val, 1024)), replace=False))
+
+    on_device = DataOnDevice(data, device)
+    static = dict(nets=nets, prior=prior, n_perturbations=data.n_perturbations, likelihood=likelihood)
+    model_fn = functools.partial(model, **static)
+    guide_fn = functools.partial(guide, prior_sites=prior_sites, **static)
+
+    global_params = {f"{s.name}_{suffix}" for s in prior_sites for suffix in ("logits", "map", "loc", "scale")}
+
+    def optim_args(param_name):
+        lr = config.prior_lr if param_name in global_params else config.lr
+        return {"lr": lr, "clip_norm": config.clip_norm}
+
+    svi = SVI(model_fn, guide_fn, ClippedAdam(optim_args), loss=TraceMeanField_ELBO())
+    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
+    warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+    total_steps = config.max_epochs * steps_per_epoch
+    # early stopping waits for the warm-up and the prior's annealing to end
+    first_stop_epoch = max(config.kl_warmup_epochs, int(np.ceil(config.prior_anneal_end * config.max_epochs)))
+    rows, best, best_elbo, since_best, step = [], None, -math.inf, 0, 0
+    nets.to(device)
+    with param_scope(params) as store:
+        bar = tqdm(range(config.max_epochs), disable=not progress, desc="pyro_svae", unit="epoch")
+        try:
+            for epoch in bar:
+                nets.train()
+                perm = rng.permutation(train_index)
+                epoch_loss = 0.0
+                for start in range(0, len(perm), config.batch_size):
+                    index = np.sort(perm[start:start + config.batch_size])
+                    # warm-up weights > 0: the exact KL takes the guide site's scale, which must be positive
+                    kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+                    weight = kl_weight * prior_weight(config, step / total_steps)
+                    batch = on_device.minibatch(index)
+                    loss = svi.step(n_cells=len(train_index), cell_index=torch.as_tensor(index, device=device),
+                                    kl_weight=kl_weight, prior_weight=weight, **batch)
+                    step += 1
+                    if not math.isfinite(loss):
+                        if best is not None:
+                            _restore(store, best)
+                        raise FloatingPointError(
+                            f"The loss became {loss} at step {step} (epoch {epoch}); "
+                            + ("the best parameters so far were restored." if best is not None else "no earlier parameters to restore.")
+                        )
+                    epoch_loss += loss
+                nets.eval()
+                row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / len(train_index),
+                       "train_elbo": _mean_elbo(model_fn, guide_fn, on_device, monitor_index, 4 * config.batch_size),
+                       "validation_elbo": np.nan}
+                if n_val:
+                    row["validation_elbo"] = _mean_elbo(model_fn, guide_fn, on_device, val_index, 4 * config.batch_size)
+                rows.append(row)
+                bar.set_postfix(elbo=f"{row['train_elbo']:.1f}", val=f"{row['validation_elbo']:.1f}")
+                if n_val and config.early_stopping and epoch >= first_stop_epoch:
+                    if row["validation_elbo"] > best_elbo:
+                        best, best_elbo, since_best = _snapshot(store), row["validation_elbo"], 0
+                    else:
+                        since_best += 1
+                        if since_best >= config.patience:
+                            logger.info("Early stopping at epoch %d (best validation ELBO %.3f).", epoch, best_elbo)
+                            break
+        except KeyboardInterrupt:
+            logger.warning("Training interrupted at step %d; keeping the best parameters so far.", step)
+        if best is not None:
+            _restore(store, best)
+    nets.eval()
+    return pd.DataFrame(rows, columns=["epoch", "train_elbo", "validation_elbo", "loss"])

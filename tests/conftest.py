@@ -1,0 +1,50 @@
+"""Shared fixtures: small simulated screens as AnnData, and fast fit settings."""
+
+import numpy as np
+import pyro
+import pytest
+
+from pyro_svae.datasets import simulate
+
+#: fit() settings for tests that need a fitted model but not a converged one
+FAST = dict(n_latent=3, n_hidden=16, n_layers=1, batch_size=64, max_epochs=3, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _clean_param_store():
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
+
+
+def make_screen(n_perturbations=4, n_latent=3, n_genes=30, n_cells_per_perturbation=40, n_control=60, seed=0, **kw):
+    """A tiny simulated screen (AnnData); see :func:`pyro_svae.datasets.simulate`."""
+    return simulate(n_perturbations=n_perturbations, n_latent=n_latent, n_genes=n_genes,
+                    n_cells_per_perturbation=n_cells_per_perturbation, n_control=n_control,
+                    max_targets=min(2, n_latent), n_hidden=max(8, n_latent), seed=seed, **kw)
+
+
+@pytest.fixture
+def screen():
+    return make_screen()
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """One model fitted for a few epochs, shared by read-only tests."""
+    import pyro_svae
+
+    adata = make_screen(seed=1)
+    return pyro_svae.fit(adata, **FAST), adata
+
+
+def adata_equal(a, b) -> bool:
+    """Byte-for-byte equality of X, obs, var, layers, obsm and uns keys."""
+    import scipy.sparse as sp
+
+    def dense(m):
+        return m.toarray() if sp.issparse(m) else np.asarray(m)
+
+    return (np.array_equal(dense(a.X), dense(b.X), equal_nan=True) and a.X.dtype == b.X.dtype and a.obs.equals(b.obs)
+            and a.var.equals(b.var) and set(a.layers) == set(b.layers) and set(a.obsm) == set(b.obsm)
+            and set(a.uns) == set(b.uns) and all(np.array_equal(dense(a.layers[k]), dense(b.layers[k]), equal_nan=True) for k in a.layers))

@@ -1,0 +1,126 @@
+"""fit() and the fitted SVAE: outputs, determinism, persistence."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import pyro_svae
+
+from .conftest import FAST, make_screen
+
+
+def test_outputs_have_documented_shapes(fitted):
+    model, adata = fitted
+    n_pert = adata.obs["perturbation"].nunique() - 1
+    latent = model.get_latent()
+    assert latent.shape == (adata.n_obs, FAST["n_latent"]) and np.isfinite(latent).all()
+    targets = model.intervention_targets()
+    assert targets.shape == (n_pert, FAST["n_latent"])
+    assert "control" not in targets.index and list(targets.index) == sorted(targets.index)
+    assert ((targets >= 0) & (targets <= 1)).all().all()
+    shifts = model.shifts()
+    assert shifts.shape == targets.shape and list(shifts.index) == list(targets.index)
+    assert list(model.history.columns[:3]) == ["epoch", "train_elbo", "validation_elbo"]
+    assert len(model.history) == FAST["max_epochs"]
+
+
+def test_elbo_overall_and_by_perturbation(fitted):
+    model, adata = fitted
+    overall = model.elbo()
+    by = model.elbo(by="perturbation")
+    assert np.isfinite(overall) and overall < 0
+    assert isinstance(by, pd.Series) and set(by.index) == set(adata.obs["perturbation"].astype(str))
+    with pytest.raises(KeyError, match="by='nope'"):
+        model.elbo(by="nope")
+
+
+def test_pip_of_prior_without_mask_thresholds_shifts():
+    adata = make_screen()
+    model = pyro_svae.fit(adata, prior="gaussian", **FAST)
+    pip = model.intervention_targets(num_samples=50).to_numpy()
+    assert ((pip >= 0) & (pip <= 1)).all()
+    none = pyro_svae.fit(adata, prior="none", **FAST)
+    assert (none.intervention_targets(num_samples=5).to_numpy() == 0).all()
+    assert (none.shifts(num_samples=5).to_numpy() == 0).all()
+
+
+def test_validation_fraction_zero_trains_on_all_cells():
+    model = pyro_svae.fit(make_screen(), validation_fraction=0, **FAST)
+    assert model.history["validation_elbo"].isna().all()
+    assert not model.train_config.early_stopping
+
+
+def test_same_seed_same_model():
+    adata = make_screen()
+    a = pyro_svae.fit(adata, seed=3, **FAST)
+    b = pyro_svae.fit(adata, seed=3, **FAST)
+    c = pyro_svae.fit(adata, seed=4, **FAST)
+    assert np.array_equal(a.get_latent(), b.get_latent())
+    pd.testing.assert_frame_equal(a.history, b.history)
+    assert not np.array_equal(a.get_latent(), c.get_latent())
+
+
+def test_models_keep_their_own_parameters():
+    adata = make_screen()
+    a = pyro_svae.fit(adata, seed=1, **FAST)
+    latent = a.get_latent()
+    pyro_svae.fit(adata, seed=2, **FAST)  # a second fit must not disturb the first
+    assert np.array_equal(a.get_latent(), latent)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    model, adata = fitted
+    model.save(tmp_path / "m")
+    loaded = pyro_svae.load(tmp_path / "m", adata=adata)
+    assert np.allclose(loaded.get_latent(), model.get_latent())
+    pd.testing.assert_frame_equal(loaded.history, model.history)
+    torch.manual_seed(0)
+    pip_a = model.intervention_targets(num_samples=20)
+    torch.manual_seed(0)
+    pip_b = loaded.intervention_targets(num_samples=20)
+    pd.testing.assert_frame_equal(pip_a, pip_b)
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert document["config"]["prior"] == "spike_and_slab" and document["gene_names"] == list(adata.var_names)
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "m")
+
+
+def test_load_refuses_tampered_or_truncated_files(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "m")
+    params = tmp_path / "m" / "params.pt"
+    params.write_bytes(params.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="checksum"):
+        pyro_svae.load(tmp_path / "m")
+
+
+def test_custom_prior_must_be_passed_again_on_load(tmp_path):
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_svae.priors import plates
+
+    def laplace_slab(n_perturbations, n_latent):
+        with plates(n_perturbations, n_latent):
+            return pyro.sample("shift", dist.Laplace(0.0, 2.0))  # [P, K]
+
+    adata = make_screen()
+    model = pyro_svae.fit(adata, prior=laplace_slab, **FAST)
+    model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="custom prior"):
+        pyro_svae.load(tmp_path / "m")
+    loaded = pyro_svae.load(tmp_path / "m", prior=laplace_slab, adata=adata)
+    assert np.allclose(loaded.get_latent(), model.get_latent())
+
+
+def test_genes_in_another_order_are_reordered_with_a_warning(fitted):
+    model, adata = fitted
+    shuffled = adata[:, adata.var_names[::-1]].copy()
+    with pytest.warns(UserWarning, match="reordering"):
+        latent = model.get_latent(shuffled)
+    assert np.allclose(latent, model.get_latent(adata), atol=1e-5)
+    with pytest.raises(ValueError, match="training genes"):
+        model.get_latent(adata[:, 1:].copy())

@@ -1,0 +1,161 @@
+"""Model and guide: shapes of every site, guide mirrors model, each prior trains under validation."""
+
+import functools
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.optim import ClippedAdam
+
+from pyro_svae.data import read_screen
+from pyro_svae.guide import StraightThroughBernoulli, guide, inspect_prior
+from pyro_svae.model import cell_shifts, model
+from pyro_svae.nets import Networks
+from pyro_svae.priors import PRIORS, plates, resolve_prior
+
+P, K, G, B = 4, 3, 30, 16
+
+
+def student_t_slab(n_perturbations, n_latent):
+    """A user prior written inline: Bernoulli mask with a Student-t slab."""
+    with plates(n_perturbations, n_latent):
+        mask = pyro.sample("mask", dist.Bernoulli(0.2))  # [P, K]
+        shift = pyro.sample("shift", dist.StudentT(3.0, 0.0, 2.0))  # [P, K]
+    return mask * shift
+
+
+spike_and_slab_sampled = functools.partial(PRIORS["spike_and_slab"], collapsed=False)
+spike_and_slab_sampled.__name__ = "spike_and_slab_sampled"
+ALL_PRIORS = sorted(PRIORS) + [student_t_slab, spike_and_slab_sampled]
+
+
+def _setup(prior, likelihood="nb", n_batches=0):
+    pyro.set_rng_seed(0)
+    prior = resolve_prior(prior)
+    nets = Networks(G, K, n_hidden=8, n_layers=1, n_batches=n_batches, zero_inflated=likelihood == "zinb")
+    sites = inspect_prior(prior, P, K)
+    static = dict(nets=nets, prior=prior, n_perturbations=P, likelihood=likelihood)
+    batch = {
+        "library": torch.full((B,), 100.0),
+        "perturbations": torch.randint(0, P + 1, (B, 1)),
+        "batch": torch.randint(0, n_batches, (B,)) if n_batches else None,
+        "counts": torch.poisson(torch.full((B, G), 3.0)),
+    }
+    return functools.partial(model, **static), functools.partial(guide, prior_sites=sites, **static), batch
+
+
+@pytest.mark.parametrize("prior", ALL_PRIORS, ids=lambda p: p if isinstance(p, str) else p.__name__)
+def test_site_shapes_and_guide_mirrors_model(prior):
+    model_fn, guide_fn, batch = _setup(prior)
+    kw = dict(n_cells=100, cell_index=torch.arange(B), **batch)
+    guide_trace = poutine.trace(guide_fn).get_trace(**kw)
+    model_trace = poutine.trace(poutine.replay(model_fn, guide_trace)).get_trace(**kw)
+    latent = [n for n, s in model_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]
+              and not s["name"] in ("cells", "perturbations", "latents")]
+    guided = [n for n, s in guide_trace.nodes.items() if s["type"] == "sample"
+              and not s["name"] in ("cells", "perturbations", "latents")]
+    assert latent == guided  # same sites, same order
+    assert model_trace.nodes["z"]["value"].shape == (B, K)
+    assert model_trace.nodes["counts"]["value"].shape == (B, G)
+    for name in latent:
+        if name in ("mask", "shift", "pi", "lam"):
+            assert model_trace.nodes[name]["value"].shape == (P, K), name
+    # the plate scale reaches both sides of the local site
+    assert model_trace.nodes["z"]["scale"] == guide_trace.nodes["z"]["scale"] == 100 / B
+
+
+@pytest.mark.parametrize("prior", ALL_PRIORS, ids=lambda p: p if isinstance(p, str) else p.__name__)
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
+def test_one_svi_step_with_validation(prior, likelihood):
+    model_fn, guide_fn, batch = _setup(prior, likelihood, n_batches=2)
+    svi = SVI(model_fn, guide_fn, ClippedAdam({"lr": 1e-2}), TraceMeanField_ELBO())
+    with pyro.validation_enabled(True):
+        loss = svi.step(n_cells=100, cell_index=torch.arange(B), kl_weight=0.5, **batch)
+    assert np.isfinite(loss)
+
+
+def test_loss_decreases():
+    model_fn, guide_fn, batch = _setup("spike_and_slab")
+    svi = SVI(model_fn, guide_fn, ClippedAdam({"lr": 1e-2}), TraceMeanField_ELBO())
+    losses = [svi.step(**batch) for _ in range(150)]
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.1 * abs(np.mean(losses[:20]))
+
+
+def test_model_simulates_counts_without_observations():
+    model_fn, _, batch = _setup("spike_and_slab")
+    batch["counts"] = None
+    counts = model_fn(**batch)
+    assert counts.shape == (B, G) and (counts >= 0).all() and torch.equal(counts, counts.round())
+
+
+def test_cell_shifts_sum_combination_members():
+    delta = torch.arange(P * K, dtype=torch.float).reshape(P, K)
+    members = torch.tensor([[P, P], [1, P], [0, 2]])  # control, single, combination
+    shifts = cell_shifts(delta, members)
+    assert torch.equal(shifts[0], torch.zeros(K))
+    assert torch.equal(shifts[1], delta[1])
+    assert torch.equal(shifts[2], delta[0] + delta[2])
+
+
+def test_straight_through_bernoulli_is_exact_and_has_gradient():
+    logits = torch.zeros(1000, requires_grad=True)
+    value = StraightThroughBernoulli(logits=logits).rsample()
+    assert set(value.detach().unique().tolist()) <= {0.0, 1.0}
+    value.sum().backward()
+    assert torch.allclose(logits.grad, torch.full_like(logits, 0.25))
+    kl = torch.distributions.kl_divergence(StraightThroughBernoulli(probs=torch.tensor(0.3)), dist.Bernoulli(0.1))
+    expected = 0.3 * np.log(3) + 0.7 * np.log(0.7 / 0.9)
+    assert kl.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_guide_families_follow_the_prior():
+    sites = {s.name: s for s in inspect_prior(spike_and_slab_sampled, P, K)}
+    assert (sites["pi"].family, sites["mask"].family, sites["shift"].family) == ("delta", "prior", "normal")
+    sites = {s.name: s for s in inspect_prior(resolve_prior("spike_and_slab"), P, K)}
+    assert list(sites) == ["pi", "shift"]  # the mask is integrated out
+    sites = {s.name: s for s in inspect_prior(resolve_prior("horseshoe"), P, K)}
+    assert sites["tau"].shape == () and sites["lam"].family == "normal"
+    sites = {s.name: s for s in inspect_prior(student_t_slab, P, K)}
+    assert sites["mask"].family == "bernoulli"
+
+
+def test_prior_with_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"shape \(4, 3\).*but got \(3, 4\)"):
+        inspect_prior(lambda p, k: torch.zeros(k, p), P, K)
+
+
+def test_unknown_prior_lists_valid_names():
+    with pytest.raises(ValueError, match="spike_and_slab"):
+        resolve_prior("spikeslab")
+    with pytest.raises(TypeError, match="does not take options"):
+        resolve_prior("gaussian", sparsity=3.0)
+
+
+def test_collapsed_mask_is_the_exact_expectation_of_the_sampled_mask():
+    """E_mask[log p(z | mask * shift)] by enumerating all 2^(P K) masks equals the collapsed score."""
+    import itertools
+
+    p, k, b = 2, 2, 5
+    torch.manual_seed(0)
+    pi, shift, z = torch.rand(p, k), 3 * torch.randn(p, k), torch.randn(b, k)
+    perturbations = torch.tensor([[0, p], [1, p], [0, 1], [p, p], [1, p]])  # singles, a combination, a control
+    nets = Networks(G, k, n_hidden=4, n_layers=1)
+    batch = dict(library=torch.full((b,), 50.0), perturbations=perturbations, counts=torch.ones(b, G))
+
+    def z_score(prior, data):
+        fn = functools.partial(model, nets=nets, prior=prior, n_perturbations=p)
+        trace = poutine.trace(poutine.condition(fn, data={**data, "z": z})).get_trace(**batch)
+        trace.compute_log_prob()
+        return sum(trace.nodes[n]["log_prob_sum"] for n in ("z", "shift_variance") if n in trace.nodes)
+
+    collapsed = z_score(PRIORS["spike_and_slab"], {"pi": pi, "shift": shift})
+    expected = 0.0
+    for bits in itertools.product([0.0, 1.0], repeat=p * k):
+        mask = torch.tensor(bits).reshape(p, k)
+        weight = torch.where(mask.bool(), pi, 1 - pi).prod()
+        expected = expected + weight * z_score(spike_and_slab_sampled, {"pi": pi, "shift": shift, "mask": mask})
+    assert collapsed.item() == pytest.approx(expected.item(), rel=1e-5)
