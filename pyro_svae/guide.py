@@ -67,7 +67,7 @@ class PriorSite(NamedTuple):
     plates: Tuple[Tuple[str, int, int], ...]  # (name, size, dim)
     init: torch.Tensor  # constrained initial value
     temperature: Optional[torch.Tensor] = None
-    scale: float = 1.0  # the site's poutine.scale, copied so exact KLs keep it
+    scale: Optional[float] = 1.0  # the site's poutine.scale (copied so exact KLs keep it); None: varies
 
 
 def _family(site: dict) -> str:
@@ -118,22 +118,27 @@ def inspect_prior(prior: Callable, n_perturbations: int, n_latent: int) -> Tuple
             init = fn.sample((15,)).median(0).values if family == "delta" else biject_to(fn.support)(
                 torch.zeros(site["value"].shape))
         plates = tuple((f.name, f.size, f.dim) for f in site["cond_indep_stack"] if f.vectorized)
+        scale = site["scale"]
+        scale = None if isinstance(scale, torch.Tensor) and scale.numel() > 1 else float(scale)
         sites.append(PriorSite(name, family, site["value"].shape, fn.event_dim, fn.support, plates, init.detach(),
-                               temperature, float(site["scale"])))
+                               temperature, scale))
     return tuple(sites)
 
 
-def _prior_conditional(site: PriorSite, prior: Callable, shape: Tuple[int, int], values: dict) -> dist.Distribution:
-    """The prior's distribution at ``site`` given the guide's ``values`` of the sites before it."""
+def _prior_trace(prior: Callable, shape: Tuple[int, int], values: dict):
+    """A trace of the prior given the guide's ``values`` of the sites drawn so far."""
     with poutine.block():
-        trace = poutine.trace(poutine.condition(prior, data=values)).get_trace(*shape)
-    fn = trace.nodes[site.name]["fn"]
+        return poutine.trace(poutine.condition(prior, data=values)).get_trace(*shape)
+
+
+def _prior_conditional(fn: dist.Distribution, name: str) -> dist.Distribution:
+    """The prior's own distribution at a site, made reparameterizable (straight-through Bernoulli)."""
     base = fn.base_dist if isinstance(fn, dist.Independent) else fn
     if isinstance(base, dist.Bernoulli):
         straight = StraightThroughBernoulli(logits=base.logits)
         return straight.to_event(fn.event_dim) if fn.event_dim else straight
     if not fn.has_rsample:
-        raise ValueError(f"Prior site {site.name!r} with guide 'prior' must be reparameterizable or Bernoulli.")
+        raise ValueError(f"Prior site {name!r} with guide 'prior' must be reparameterizable or Bernoulli.")
     return fn
 
 
@@ -168,13 +173,18 @@ def prior_guide(sites: Tuple[PriorSite, ...], prior: Callable, shape: Tuple[int,
         if name not in plates:  # a plate is created once and entered by every site inside it
             plates[name] = pyro.plate(name, size, dim=dim)
     for site in sites:
-        # the prior's conditional is read outside the plates: the prior opens its own
-        fn = _prior_conditional(site, prior, shape, values) if site.family == "prior" else _guide_distribution(site, device)
+        scale = site.scale
+        if site.family == "prior" or scale is None:
+            # read outside the plates (the prior opens its own): the prior's conditional at this
+            # site, or its scale when that depends on earlier sites (as a slab weighted by pi)
+            node = _prior_trace(prior, shape, values).nodes[site.name]
+            scale = node["scale"] if scale is None else scale
+        fn = _prior_conditional(node["fn"], site.name) if site.family == "prior" else _guide_distribution(site, device)
         with contextlib.ExitStack() as stack:
             for name, _, _ in site.plates:
                 stack.enter_context(plates[name])
-            if site.scale != 1.0:
-                stack.enter_context(poutine.scale(scale=site.scale))
+            if not isinstance(scale, float) or scale != 1.0:
+                stack.enter_context(poutine.scale(scale=scale))
             values[site.name] = pyro.sample(site.name, fn)  # site.shape
     return values
 

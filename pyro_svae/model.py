@@ -95,7 +95,8 @@ def model(
         delta = prior(n_perturbations, n_latent)  # [P, K] or ShiftMoments of [P, K]
     variance = None
     if isinstance(delta, ShiftMoments):
-        delta, variance = delta.mean, delta.variance
+        delta, variance = delta.mean, delta.variance.to(library.device)
+    delta = delta.to(library.device)  # a prior may build constants (e.g. zeros) on the CPU
     pyro.module("decoder", nets.decoder)
     dispersion = None
     if likelihood != "poisson":

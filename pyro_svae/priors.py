@@ -89,13 +89,20 @@ def spike_and_slab(n_perturbations: int, n_latent: int, *, sparsity: float = 50.
     With ``collapsed=True`` (default) the mask is integrated out in closed form
     (:class:`ShiftMoments`): the same objective as sampling it, without the straight-through
     estimator, whose gradient vanishes as ``pi -> 1`` and keeps inclusion probabilities from
-    becoming decisive. ``collapsed=False`` samples a ``mask`` site with a straight-through guide.
+    becoming decisive. The slab then follows the spike-and-slab variational family of Titsias and
+    Lazaro-Gredilla (2011): ``q(shift | mask = 0)`` is the prior, so the slab's KL is weighted by
+    ``pi`` (``poutine.scale``). Otherwise a target whose ``pi`` drops early has its shift pulled to 0
+    and never comes back. ``collapsed=False`` samples a ``mask`` site with a straight-through guide
+    and a mean-field slab (slower to become sparse; kept for comparison).
     """
     with plates(n_perturbations, n_latent):
         pi = pyro.sample("pi", dist.Beta(1.0, sparsity), infer={"guide": "delta", "init": 0.5})  # [P, K]
         if not collapsed:
             mask = pyro.sample("mask", dist.Bernoulli(pi), infer={"guide": "prior"})  # [P, K]
-        shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+            shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+        else:
+            with pyro.poutine.scale(scale=pi):  # the slab is paid for only when the target is on
+                shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
     if collapsed:
         return ShiftMoments(pi * shift, pi * (1 - pi) * shift**2, inclusion=pi)
     return mask * shift

@@ -124,3 +124,18 @@ def test_genes_in_another_order_are_reordered_with_a_warning(fitted):
     assert np.allclose(latent, model.get_latent(adata), atol=1e-5)
     with pytest.raises(ValueError, match="training genes"):
         model.get_latent(adata[:, 1:].copy())
+
+
+def test_nan_loss_stops_training_with_the_step():
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_svae.priors import plates
+
+    def broken(n_perturbations, n_latent):
+        with plates(n_perturbations, n_latent):
+            shift = pyro.sample("shift", dist.Normal(0.0, 1.0))  # [P, K]
+        return shift * float("nan")
+
+    with pytest.raises(FloatingPointError, match="at step 1 "):
+        pyro_svae.fit(make_screen(), prior=broken, **FAST)

@@ -66,6 +66,10 @@ def test_site_shapes_and_guide_mirrors_model(prior):
             assert model_trace.nodes[name]["value"].shape == (P, K), name
     # the plate scale reaches both sides of the local site
     assert model_trace.nodes["z"]["scale"] == guide_trace.nodes["z"]["scale"] == 100 / B
+    # every site has the same scale in model and guide (exact KLs take the guide's)
+    for name in latent:
+        model_scale, guide_scale = (torch.as_tensor(t.nodes[name]["scale"]) for t in (model_trace, guide_trace))
+        assert torch.allclose(model_scale, guide_scale), name
 
 
 @pytest.mark.parametrize("prior", ALL_PRIORS, ids=lambda p: p if isinstance(p, str) else p.__name__)
@@ -117,6 +121,7 @@ def test_guide_families_follow_the_prior():
     assert (sites["pi"].family, sites["mask"].family, sites["shift"].family) == ("delta", "prior", "normal")
     sites = {s.name: s for s in inspect_prior(resolve_prior("spike_and_slab"), P, K)}
     assert list(sites) == ["pi", "shift"]  # the mask is integrated out
+    assert sites["shift"].scale is None  # the slab's scale is pi, read from the prior at each step
     sites = {s.name: s for s in inspect_prior(resolve_prior("horseshoe"), P, K)}
     assert sites["tau"].shape == () and sites["lam"].family == "normal"
     sites = {s.name: s for s in inspect_prior(student_t_slab, P, K)}
