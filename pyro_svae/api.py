@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Callable, Optional, Union
 
@@ -73,7 +74,7 @@ def fit(
     likelihood : {"nb", "zinb", "poisson"}
     max_epochs, kl_warmup_epochs : int or "auto"
         ``"auto"``: about 14,000 optimisation steps (50 to 1,000 epochs), warm-up over the first
-        fifth of them.
+        fortieth of them.
     lr, prior_lr : float
         Learning rates of the networks and of the prior's global parameters.
     validation_fraction : float
@@ -104,13 +105,19 @@ def fit(
     if max_epochs == "auto":
         max_epochs = auto_max_epochs(n_train, batch_size)
     if kl_warmup_epochs == "auto":
-        kl_warmup_epochs = max(1, max_epochs // 5)
+        # short: the sparsity of the targets must act early, while the latent axes form
+        # (benchmarks/recovery.py, 3 seeds: mean MCC 0.90 with 1/40 of the epochs, 0.84 with 1/5)
+        kl_warmup_epochs = max(1, max_epochs // 40)
     if patience == "auto":
         patience = max(30, max_epochs // 4)
     _check("max_epochs", max_epochs, isinstance(max_epochs, int) and max_epochs >= 1, "to be 'auto' or an integer >= 1")
+    prior_options = dict(prior_options or {})
+    if isinstance(prior, functools.partial) and not prior.args:  # a built-in with options bound
+        prior_options = {**prior.keywords, **prior_options}
+        prior = prior.func
     config = SVAEConfig(
         n_latent=n_latent, prior=prior if isinstance(prior, str) else prior_name(prior),
-        prior_options=dict(prior_options or {}), likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
+        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
         perturbation_key=perturbation_key, control=control, layer=layer, batch_key=batch_key,
         separator=separator, allow_non_integer=allow_non_integer,
     )

@@ -139,3 +139,16 @@ def test_nan_loss_stops_training_with_the_step():
 
     with pytest.raises(FloatingPointError, match="at step 1 "):
         pyro_svae.fit(make_screen(), prior=broken, **FAST)
+
+
+def test_builtin_prior_with_bound_options_round_trips(tmp_path):
+    import functools
+
+    from pyro_svae.priors import spike_and_slab
+
+    adata = make_screen()
+    model = pyro_svae.fit(adata, prior=functools.partial(spike_and_slab, collapsed=False), **FAST)
+    assert model.config.prior == "spike_and_slab" and model.config.prior_options == {"collapsed": False}
+    model.save(tmp_path / "m")
+    loaded = pyro_svae.load(tmp_path / "m", adata=adata)
+    assert np.allclose(loaded.get_latent(), model.get_latent())
