@@ -11,7 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import datasets, fit, metrics, pl
 

@@ -33,7 +33,7 @@ from .model import CELLS_DIM
 from .nets import Networks
 from .priors import ShiftMoments
 
-__all__ = ["PriorSite", "StraightThroughBernoulli", "inspect_prior", "prior_guide", "guide", "MASK_INIT_LOGIT"]
+__all__ = ["PriorSite", "StraightThroughBernoulli", "base_distribution", "inspect_prior", "prior_guide", "guide", "MASK_INIT_LOGIT"]
 
 #: Masks start on (probability 0.95) so every shift receives gradient from the data early;
 #: the sparsity penalty then switches off those the data do not need.
@@ -70,10 +70,15 @@ class PriorSite(NamedTuple):
     scale: Optional[float] = 1.0  # the site's poutine.scale (copied so exact KLs keep it); None: varies
 
 
-def _family(site: dict) -> str:
-    fn = site["fn"]
+def base_distribution(fn: dist.Distribution) -> dist.Distribution:
+    """The distribution under ``.to_event()`` and ``.mask()`` wrappers."""
     while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
         fn = fn.base_dist
+    return fn
+
+
+def _family(site: dict) -> str:
+    fn = base_distribution(site["fn"])
     requested = site["infer"].get("guide")
     if requested in ("delta", "prior"):
         return requested
@@ -105,8 +110,7 @@ def inspect_prior(prior: Callable, n_perturbations: int, n_latent: int) -> Tuple
         fn, family = site["fn"], _family(site)
         temperature = None
         if family == "relaxed_bernoulli":
-            base = fn.base_dist if isinstance(fn, dist.Independent) else fn
-            temperature = base.temperature
+            temperature = base_distribution(fn).temperature
         if family == "prior":
             init = site["value"].detach()  # unused: the site has no parameters of its own
         elif family in ("bernoulli", "relaxed_bernoulli"):
@@ -118,8 +122,8 @@ def inspect_prior(prior: Callable, n_perturbations: int, n_latent: int) -> Tuple
             init = fn.sample((15,)).median(0).values if family == "delta" else biject_to(fn.support)(
                 torch.zeros(site["value"].shape))
         plates = tuple((f.name, f.size, f.dim) for f in site["cond_indep_stack"] if f.vectorized)
-        scale = site["scale"]
-        scale = None if isinstance(scale, torch.Tensor) and scale.numel() > 1 else float(scale)
+        # a tensor scale is computed from other sites (as a slab weighted by pi): read it per step
+        scale = None if isinstance(site["scale"], torch.Tensor) else float(site["scale"])
         sites.append(PriorSite(name, family, site["value"].shape, fn.event_dim, fn.support, plates, init.detach(),
                                temperature, scale))
     return tuple(sites)
@@ -133,7 +137,7 @@ def _prior_trace(prior: Callable, shape: Tuple[int, int], values: dict):
 
 def _prior_conditional(fn: dist.Distribution, name: str) -> dist.Distribution:
     """The prior's own distribution at a site, made reparameterizable (straight-through Bernoulli)."""
-    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
+    base = base_distribution(fn)
     if isinstance(base, dist.Bernoulli):
         straight = StraightThroughBernoulli(logits=base.logits)
         return straight.to_event(fn.event_dim) if fn.event_dim else straight

@@ -13,12 +13,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
-import pyro
 import torch
 from pyro import poutine
 
 from .data import ScreenData, read_screen
-from .guide import PriorSite, guide, inspect_prior, prior_guide
+from .guide import base_distribution, guide, inspect_prior, prior_guide
 from .model import model
 from .nets import Networks
 from .priors import ShiftMoments, resolve_prior
@@ -147,8 +146,7 @@ class SVAE:
                         inclusion.append(delta.inclusion.cpu())
                     delta = delta.mean
                 elif "mask" in guide_trace.nodes:
-                    fn = guide_trace.nodes["mask"]["fn"]
-                    fn = fn.base_dist if isinstance(fn, pyro.distributions.Independent) else fn
+                    fn = base_distribution(guide_trace.nodes["mask"]["fn"])
                     # Bernoulli and relaxed Bernoulli alike: P(mask > 1/2) = probs (Rao-Blackwellised)
                     inclusion.append(fn.probs.cpu())
                 deltas.append(delta.cpu())

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,5 @@
 """The AnnData boundary: bad input gets a clear error naming the key; the user's data is never changed."""
 
-import copy
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """The README's usage example runs as written; the quickstart tutorial runs with tiny settings."""
 
-import os
 import re
 import runpy
 from pathlib import Path

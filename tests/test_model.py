@@ -11,7 +11,6 @@ from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_svae.data import read_screen
 from pyro_svae.guide import StraightThroughBernoulli, guide, inspect_prior
 from pyro_svae.model import cell_shifts, model
 from pyro_svae.nets import Networks
