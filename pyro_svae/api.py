@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+from dataclasses import asdict
 from typing import Callable, Optional, Union
 
 import pyro
-import torch
 
+from .checkpoint import check_resumable, load_checkpoint
 from .data import read_screen
 from .guide import inspect_prior
 from .model import LIKELIHOODS
@@ -29,7 +31,7 @@ def _check(name: str, value, ok: bool, expected: str) -> None:
 def fit(
     adata,
     perturbation_key: str = "perturbation",
-    control: str = "control",
+    control: Optional[str] = "control",
     *,
     layer: Optional[str] = None,
     batch_key: Optional[str] = None,
@@ -52,6 +54,9 @@ def fit(
     seed: int = 0,
     device=None,
     progress: bool = True,
+    checkpoint_every: Optional[int] = None,
+    checkpoint_dir=None,
+    resume_from=None,
 ) -> SVAE:
     """Fit a sparse mechanism shift VAE to a perturbation screen.
 
@@ -61,7 +66,8 @@ def fit(
         Cells x genes raw counts (dense or sparse) in ``X`` or ``layers[layer]``; not modified.
     perturbation_key : str
         Column of ``adata.obs`` naming each cell's perturbation; ``control`` marks controls and
-        ``separator`` joins combinations (``"A+B"``: the shifts of A and B add up).
+        ``separator`` joins combinations (``"A+B"``: the shifts of A and B add up). ``control=None``
+        for a screen without control cells.
     batch_key : str, optional
         Column of ``adata.obs`` with a batch (e.g. replicate) given to encoder and decoder.
     n_latent : int
@@ -88,6 +94,11 @@ def fit(
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
+    checkpoint_every, checkpoint_dir :
+        Write the whole state of the fit to ``checkpoint_dir`` every ``checkpoint_every`` epochs.
+    resume_from : path, optional
+        A checkpoint directory: continue that fit (same data and settings; ``max_epochs`` may be
+        larger) exactly as if it had not stopped.
 
     Returns
     -------
@@ -99,6 +110,11 @@ def fit(
     _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "to be an integer >= 1")
     _check("validation_fraction", validation_fraction, 0 <= validation_fraction < 1, "in [0, 1)")
     _check("lr", lr, lr > 0, "> 0")
+    if checkpoint_every is not None:
+        _check("checkpoint_every", checkpoint_every, isinstance(checkpoint_every, int) and checkpoint_every >= 1,
+               "to be None or an integer >= 1")
+        if checkpoint_dir is None:
+            raise ValueError("checkpoint_every is set but checkpoint_dir is None; expected a directory to write to.")
     screen = read_screen(adata, perturbation_key, control, layer=layer, batch_key=batch_key,
                          separator=separator, allow_non_integer=allow_non_integer)
     n_train = screen.n_cells - int(round(validation_fraction * screen.n_cells))
@@ -127,8 +143,6 @@ def fit(
         patience=patience, seed=seed,
     )
     device = resolve_device(device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormals made CPU steps up to 15x slower (see docs)
     pyro.set_rng_seed(seed)
     nets, prior_fn = build(config, screen, prior)
     params: dict = {}
@@ -136,6 +150,14 @@ def fit(
         prior_sites = inspect_prior(prior_fn, screen.n_perturbations, n_latent)
     logger.info("Fitting %d cells x %d genes, %d perturbations, prior %s, %d epochs on %s.",
                 screen.n_cells, screen.n_genes, screen.n_perturbations, config.prior, max_epochs, device)
+    settings = json.loads(json.dumps({**asdict(config), **asdict(train_config), "genes": screen.gene_names,
+                                      "perturbations": screen.perturbation_names, "batches": screen.batch_names,
+                                      "n_cells": screen.n_cells}, default=str))
+    resume = None
+    if resume_from is not None:
+        resume = load_checkpoint(resume_from)
+        check_resumable(resume[0]["settings"], settings)
     history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
-                    params=params, device=device, progress=progress)
+                    params=params, device=device, progress=progress, checkpoint_every=checkpoint_every,
+                    checkpoint_dir=checkpoint_dir, resume=resume, settings=settings)
     return SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, history, device, adata)

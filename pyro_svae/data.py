@@ -100,7 +100,7 @@ def _count_matrix(adata, layer: Optional[str], allow_non_integer: bool):
 
 
 def encode_perturbations(
-    labels: Sequence, perturbation_names: Sequence[str], control: str, separator: Optional[str] = "+"
+    labels: Sequence, perturbation_names: Sequence[str], control: Optional[str], separator: Optional[str] = "+"
 ) -> np.ndarray:
     """Encode labels as padded member indices.
 
@@ -120,8 +120,8 @@ def encode_perturbations(
     return out
 
 
-def _members(label: str, control: str, separator: Optional[str]) -> list:
-    if label == control:
+def _members(label: str, control: Optional[str], separator: Optional[str]) -> list:
+    if control is not None and label == control:
         return []
     parts = label.split(separator) if separator else [label]
     return [p for p in parts if p and p != control]
@@ -140,7 +140,7 @@ def _labels(adata, key: str, what: str) -> pd.Series:
 def read_screen(
     adata,
     perturbation_key: str = "perturbation",
-    control: str = "control",
+    control: Optional[str] = "control",
     *,
     layer: Optional[str] = None,
     batch_key: Optional[str] = None,
@@ -158,7 +158,9 @@ def read_screen(
         Cells x genes raw counts in ``X`` or ``layers[layer]``.
     perturbation_key : str
         Column of ``adata.obs`` with one label per cell; ``control`` marks unperturbed cells and
-        ``separator`` joins the members of a combination (``"A+B"``).
+        ``separator`` joins the members of a combination (``"A+B"``). ``control=None``: a screen
+        without controls, every cell perturbed (the origin of the latent space is then only
+        fixed by the prior, not by unperturbed cells).
     perturbation_names, batch_names : sequence of str, optional
         Fix the encoding (as when reading new data for a fitted model). By default the sorted
         labels seen in ``adata``.
@@ -167,7 +169,7 @@ def read_screen(
     """
     counts = _count_matrix(adata, layer, allow_non_integer)
     labels = _labels(adata, perturbation_key, "perturbation_key")
-    if require_control and not (labels == control).any():
+    if require_control and control is not None and not (labels == control).any():
         seen = sorted(labels.unique())[:10]
         raise ValueError(
             f"control={control!r} is not a label of adata.obs[{perturbation_key!r}]; labels seen: {seen}."

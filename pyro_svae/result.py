@@ -44,7 +44,7 @@ class SVAEConfig:
     n_hidden: int = 128
     n_layers: int = 2
     perturbation_key: str = "perturbation"
-    control: str = "control"
+    control: Optional[str] = "control"
     layer: Optional[str] = None
     batch_key: Optional[str] = None
     separator: Optional[str] = "+"
