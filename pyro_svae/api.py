@@ -16,7 +16,7 @@ from .guide import inspect_prior
 from .model import LIKELIHOODS
 from .priors import prior_name
 from .result import SVAE, SVAEConfig, build
-from .train import TrainConfig, auto_max_epochs, param_scope, resolve_device, train
+from .train import TrainConfig, TrainingDiverged, auto_max_epochs, param_scope, resolve_device, train
 
 __all__ = ["fit"]
 
@@ -157,7 +157,13 @@ def fit(
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
         check_resumable(resume[0]["settings"], settings)
-    history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
-                    params=params, device=device, progress=progress, checkpoint_every=checkpoint_every,
-                    checkpoint_dir=checkpoint_dir, resume=resume, settings=settings)
+    try:
+        history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
+                        params=params, device=device, progress=progress, checkpoint_every=checkpoint_every,
+                        checkpoint_dir=checkpoint_dir, resume=resume, settings=settings)
+    except TrainingDiverged as error:
+        if error.restored:
+            error.model = SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, error.history,
+                               device, adata)
+        raise
     return SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, history, device, adata)

@@ -24,7 +24,7 @@ from .guide import guide, PriorSite
 from .model import model
 from .nets import Networks
 
-__all__ = ["TrainConfig", "flush_denormals", "param_scope", "auto_max_epochs", "local_elbo", "train", "resolve_device", "DataOnDevice"]
+__all__ = ["TrainConfig", "TrainingDiverged", "flush_denormals", "param_scope", "auto_max_epochs", "local_elbo", "train", "resolve_device", "DataOnDevice"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 TARGET_STEPS = 14000
 #: epochs averaged in the validation ELBO that early stopping watches
 EARLY_STOPPING_WINDOW = 10
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite. ``fit`` attaches the model with the best parameters so
+    far as ``.model`` (when early stopping had recorded any; ``.restored`` says so)."""
+
+    model = None
+    history = None
+    restored = False
 
 
 @dataclass(frozen=True)
@@ -239,10 +248,14 @@ def train(
                     if not math.isfinite(loss):
                         if best is not None:
                             _restore(store, best)
-                        raise FloatingPointError(
+                        error = TrainingDiverged(
                             f"The loss became {loss} at step {step} (epoch {epoch}); "
-                            + ("the best parameters so far were restored." if best is not None else "no earlier parameters to restore.")
+                            + ("the best parameters so far were restored: the error's .model holds them."
+                               if best is not None else "no earlier parameters to restore.")
                         )
+                        error.history = _history(rows)
+                        error.restored = best is not None
+                        raise error
                     epoch_loss += loss
                 nets.eval()
                 row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / len(train_index),
@@ -275,4 +288,8 @@ def train(
         if best is not None:
             _restore(store, best)
     nets.eval()
+    return _history(rows)
+
+
+def _history(rows) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["epoch", "train_elbo", "validation_elbo", "loss"])

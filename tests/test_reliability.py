@@ -155,3 +155,19 @@ def test_fit_leaves_the_process_floating_point_mode_alone():
     pyro_svae.fit(make_screen(), **FAST)
     assert not _flushing_denormals()
     assert (torch.tensor([1e-38]) / 1e3).item() > 0
+
+
+def test_divergence_names_the_step_and_hands_back_the_best_model():
+    calls = {"n": 0}
+
+    def diverging(n_perturbations, n_latent):
+        calls["n"] += 1
+        with plates(n_perturbations, n_latent):
+            shift = pyro.sample("shift", dist.Normal(0.0, 1.0))  # [P, K]
+        return shift * (float("nan") if calls["n"] > 60 else 1.0)
+
+    with pytest.raises(FloatingPointError, match=r"at step \d+ \(epoch \d+\); the best parameters") as info:
+        pyro_svae.fit(make_screen(), prior=diverging, **{**FAST, "max_epochs": 50, "kl_warmup_epochs": 1})
+    model = info.value.model
+    assert model is not None and len(model.history) >= 1
+    assert np.isfinite(model.get_latent()).all()
