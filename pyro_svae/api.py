@@ -122,7 +122,8 @@ def fit(
         max_epochs = auto_max_epochs(n_train, batch_size)
     if kl_warmup_epochs == "auto":
         # short: the sparsity of the targets must act early, while the latent axes form
-        # (benchmarks/recovery.py, 3 seeds: mean MCC 0.90 with 1/40 of the epochs, 0.84 with 1/5)
+        # (3 simulated screens: mean MCC 0.90 with 1/40 of the epochs, 0.82 with 1/5; see
+        # benchmarks/results/recovery.md and ablation_warmup165.md)
         kl_warmup_epochs = max(1, max_epochs // 40)
     if patience == "auto":
         patience = max(30, max_epochs // 4)
