@@ -11,7 +11,6 @@ import logging
 import time
 from pathlib import Path
 
-
 from . import datasets, fit, metrics, pl
 
 __all__ = ["recovery", "main"]

@@ -207,7 +207,6 @@ def guide(
     n_cells: Optional[int] = None,
     cell_index: Optional[torch.Tensor] = None,
     kl_weight: float = 1.0,
-    prior_weight: float = 1.0,
 ):
     """Mean-field guide: prior sites as built by :func:`prior_guide`, then the amortized encoder.
 
@@ -216,7 +215,7 @@ def guide(
         prior sites ~ q(.)                        # one guide site per prior site
         z[i] ~ Normal(encoder(counts[i], b[i]))   # [K], amortized over cells
     """
-    with poutine.scale(scale=prior_weight):
+    with poutine.scale(scale=kl_weight):
         prior_guide(prior_sites, prior, (n_perturbations, nets.n_latent), library.device)
     pyro.module("encoder", nets.encoder)
     n_batch = library.shape[0]

@@ -58,7 +58,6 @@ def model(
     n_cells: Optional[int] = None,
     cell_index: Optional[torch.Tensor] = None,
     kl_weight: float = 1.0,
-    prior_weight: float = 1.0,
 ):
     """Sparse mechanism shift model of a perturbation screen.
 
@@ -82,16 +81,16 @@ def model(
     n_cells, cell_index :
         Size of the full data set and the indices of this minibatch, so that the local terms are
         scaled by ``n_cells / B``. Default: the minibatch is the whole data set.
-    kl_weight, prior_weight : float
-        Annealing weights (> 0) of the ``z`` site and of the prior's global sites; the guide
-        scales its sites by the same weights (the exact KLs take the guide site's scale).
+    kl_weight : float
+        KL warm-up weight (> 0) of the ``z`` site and of the prior's global sites; the guide
+        scales its sites by the same weight (the exact KLs take the guide site's scale).
 
     A prior that returns :class:`~pyro_svae.priors.ShiftMoments` has its masks integrated out:
     ``z`` is scored against the mean shift and the factor ``shift_variance`` adds
     ``-variance / 2`` per cell and latent, which makes ``E_mask[log p(z | delta)]`` exact.
     """
     n_latent = nets.n_latent
-    with poutine.scale(scale=prior_weight):
+    with poutine.scale(scale=kl_weight):
         delta = prior(n_perturbations, n_latent)  # [P, K] or ShiftMoments of [P, K]
     variance = None
     if isinstance(delta, ShiftMoments):

@@ -3,7 +3,6 @@ and never runs inference beyond reading the fitted model."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

@@ -243,7 +243,7 @@ def train(
                     kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
                     batch = on_device.minibatch(index)
                     loss = svi.step(n_cells=len(train_index), cell_index=torch.as_tensor(index, device=device),
-                                    kl_weight=kl_weight, prior_weight=kl_weight, **batch)
+                                    kl_weight=kl_weight, **batch)
                     step += 1
                     if not math.isfinite(loss):
                         if best is not None:
