@@ -3,7 +3,7 @@
 Sparse mechanism shift modeling (Lopez et al., CLeaR 2023) as a Pyro model and guide.
 """
 
-from . import datasets, metrics, priors
+from . import datasets, metrics, pl, priors
 from .api import fit
 from .guide import guide
 from .model import model
@@ -11,4 +11,4 @@ from .result import SVAE, SVAEConfig, load
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "load", "SVAE", "SVAEConfig", "model", "guide", "priors", "datasets", "metrics", "__version__"]
+__all__ = ["fit", "load", "SVAE", "SVAEConfig", "model", "guide", "priors", "datasets", "metrics", "pl", "__version__"]

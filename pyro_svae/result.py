@@ -14,13 +14,12 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 import torch
-from pyro import poutine
 
 from .data import ScreenData, read_screen
-from .guide import base_distribution, guide, inspect_prior, prior_guide
+from .guide import guide, inspect_prior
 from .model import model
 from .nets import Networks
-from .priors import ShiftMoments, resolve_prior
+from .priors import resolve_prior
 from .train import DataOnDevice, TrainConfig, local_elbo, param_scope
 
 __all__ = ["SVAEConfig", "SVAE", "load", "SHIFT_THRESHOLD"]
@@ -134,25 +133,13 @@ class SVAE:
 
     # ---- perturbations --------------------------------------------------------------------
     def _global_draws(self, num_samples: int):
-        """Guide draws of the prior sites and the effective shifts ``delta`` ``[S, P, K]``."""
-        shape = (len(self.perturbation_names), self.config.n_latent)
-        inclusion, deltas = [], []
-        with param_scope(self.params), torch.no_grad():
-            for _ in range(num_samples):
-                guide_trace = poutine.trace(prior_guide).get_trace(self.prior_sites, self.prior, shape, self.device)
-                delta = poutine.replay(self.prior, trace=guide_trace)(*shape)
-                if isinstance(delta, ShiftMoments):  # masks integrated out
-                    if delta.inclusion is not None:
-                        inclusion.append(delta.inclusion.cpu())
-                    delta = delta.mean
-                elif "mask" in guide_trace.nodes:
-                    fn = base_distribution(guide_trace.nodes["mask"]["fn"])
-                    # Bernoulli and relaxed Bernoulli alike: P(mask > 1/2) = probs (Rao-Blackwellised)
-                    inclusion.append(fn.probs.cpu())
-                deltas.append(delta.cpu())
-        deltas = torch.stack(deltas)
-        inclusion = torch.stack(inclusion) if inclusion else (deltas.abs() > SHIFT_THRESHOLD).float()
-        return inclusion.mean(0).numpy(), deltas.mean(0).numpy()
+        """Posterior means of the inclusion probabilities and effective shifts, ``[P, K]`` each."""
+        from .inference_data import global_samples
+
+        draws = global_samples(self, num_samples)
+        deltas = draws["delta"]
+        inclusion = draws["inclusion"] if "inclusion" in draws else (np.abs(deltas) > SHIFT_THRESHOLD).astype(np.float32)
+        return inclusion.mean(0), deltas.mean(0)
 
     def _frame(self, values: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(values, index=pd.Index(self.perturbation_names, name="perturbation"),
@@ -170,6 +157,89 @@ class SVAE:
     def shifts(self, num_samples: int = 200) -> pd.DataFrame:
         """Posterior mean effective shift ``E_q[delta]``: ``[perturbations x latents]``."""
         return self._frame(self._global_draws(num_samples)[1])
+
+    # ---- posterior predictive and export ------------------------------------------------
+    def posterior_predictive(self, adata=None, num_samples: int = 100, genes=None, cells=None,
+                             batch_size: int = 1024) -> np.ndarray:
+        """Replicated counts from :class:`pyro.infer.Predictive` over the guide.
+
+        Each draw is ``z ~ q(z | x)`` then ``counts ~ p(x | z)`` with the cell's observed library
+        size, batch and perturbation. Cells are processed in minibatches (at most ~32 million
+        replicated values at a time), and only the selected genes are kept, so that large
+        screens stay in memory: select with ``genes`` / ``cells`` (names, positions or boolean
+        masks).
+
+        Returns
+        -------
+        numpy.ndarray ``[num_samples, n_cells, n_genes]``, int32.
+        """
+        from .predictive import posterior_predictive
+
+        return posterior_predictive(self, adata, num_samples, genes=genes, cells=cells, batch_size=batch_size)
+
+    def ppc_summary(self, adata=None, num_samples: int = 100, genes=None, cells=None, interval: float = 0.9):
+        """Posterior predictive check of the statistics a single-cell user looks at.
+
+        Per gene mean, variance and zero fraction; per cell library size; per perturbation and
+        gene the mean ``log1p`` normalised expression shift against the control cells. Each with
+        its observed value and central predictive interval; see :func:`pyro_svae.predictive.ppc_summary`.
+
+        Returns
+        -------
+        pandas.DataFrame, one row per statistic and item (tidy).
+        """
+        from .predictive import positions, ppc_summary
+
+        adata = self.adata if adata is None else adata
+        screen = self._read(adata)
+        cell_pos = positions(cells, screen.cell_names, "cells")
+        gene_pos = positions(genes, self.gene_names, "genes")
+        replicated = self.posterior_predictive(adata, num_samples, genes=gene_pos, cells=cell_pos)
+        labels = adata.obs[self.config.perturbation_key].astype(str).to_numpy()[cell_pos]
+        return ppc_summary(screen.counts[cell_pos][:, gene_pos], replicated, labels, self.config.control,
+                           np.asarray(self.gene_names)[gene_pos], np.asarray(screen.cell_names)[cell_pos], interval)
+
+    def to_arviz(self, adata=None, num_samples: int = 100, genes=None, cells=None, batch_size: int = 1024):
+        """The fit as ArviZ ``InferenceData`` (an xarray ``DataTree`` with ArviZ >= 1).
+
+        Groups: ``posterior`` (every prior site, ``delta`` the effective shifts and ``inclusion``
+        where the prior has one, dims ``(perturbation, latent)``; ``z`` dims ``(cell, latent)``),
+        ``posterior_predictive`` and ``observed_data`` (``counts``, dims ``(cell, gene)``),
+        ``log_likelihood`` (``counts``: ``log p(x_i | z_i)`` per cell, summed over genes, so that
+        ``az.loo`` leaves out cells; with a latent per cell, expect large Pareto k: use it to find
+        poorly fitted cells, not to compare models), ``constant_data`` (``perturbation_label`` and
+        ``library_size`` per cell). One chain of ``num_samples`` guide draws.
+        """
+        from .inference_data import to_arviz
+
+        return to_arviz(self, adata, num_samples, genes=genes, cells=cells, batch_size=batch_size)
+
+    def write(self, adata, latent_key: str = "X_svae", uns_key: str = "svae", num_samples: int = 200,
+              copy: bool = False):
+        """Write the results into ``adata``, scverse style.
+
+        ``adata.obsm[latent_key]``: posterior mean latents ``[n_cells, n_latent]``;
+        ``adata.uns[uns_key]``: a dict with ``perturbation_names`` ``[P]``, ``inclusion_probabilities``
+        and ``shifts`` ``[P, K]`` (as :meth:`intervention_targets` and :meth:`shifts`), and
+        ``params`` (prior, its options, likelihood, n_latent). Nothing else is touched; the
+        entries are replaced if present, and survive ``write_h5ad``. With ``copy=True`` a modified
+        copy is returned and ``adata`` is left as it was.
+        """
+        self._read(adata)  # validates genes and labels before anything is written
+        if copy:
+            adata = adata.copy()
+        latent = self.get_latent(adata)
+        inclusion, deltas = self._global_draws(num_samples)
+        c = self.config
+        adata.obsm[latent_key] = latent
+        adata.uns[uns_key] = {
+            "perturbation_names": np.asarray(self.perturbation_names, dtype=object),
+            "inclusion_probabilities": inclusion, "shifts": deltas,
+            "params": {"prior": c.prior, "prior_options": json.dumps(c.prior_options), "likelihood": c.likelihood,
+                       "n_latent": c.n_latent, "perturbation_key": c.perturbation_key,
+                       "control": "" if c.control is None else c.control},
+        }
+        return adata if copy else None
 
     # ---- persistence ----------------------------------------------------------------------
     def save(self, path, overwrite: bool = False) -> None:

@@ -7,29 +7,14 @@ and 2 end at MCC 0.86-0.89 / F1 0.87, in a local optimum where two latents stay 
 """
 
 import pytest
-import torch
 
-import pyro_svae
-from pyro_svae.demo import DEMO_SCREEN, recovery
+from pyro_svae.demo import recovery
 
 
 @pytest.fixture(scope="module")
-def demo_screen():
-    return pyro_svae.datasets.simulate(**{**DEMO_SCREEN, "seed": 1})
-
-
-@pytest.fixture(scope="module")
-def sparse_and_plain(demo_screen):
-    # one thread, as in the benchmark: the summation order of a matmul decides which optimum
-    # a fit reaches, and the benchmark's figures are what this test reproduces
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fits = {prior: pyro_svae.fit(demo_screen, n_latent=DEMO_SCREEN["n_latent"], prior=prior, seed=1, progress=False)
-                for prior in ("spike_and_slab", "none")}
-    finally:
-        torch.set_num_threads(threads)
-    return {prior: recovery(model, demo_screen) for prior, model in fits.items()}
+def sparse_and_plain(demo_fits):
+    adata, fits = demo_fits
+    return {prior: recovery(model, adata) for prior, model in fits.items()}
 
 
 @pytest.mark.slow
