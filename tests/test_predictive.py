@@ -230,3 +230,21 @@ def test_demo_writes_its_figures(tmp_path, capsys):
     assert (tmp_path / "spike_and_slab.png").stat().st_size > 10_000
     assert (tmp_path / "posterior_predictive.png").stat().st_size > 10_000
     assert "zero fraction per gene off by" in capsys.readouterr().out
+
+
+def test_from_dict_adapter_uses_the_call_form_of_each_arviz_major(monkeypatch):
+    from pyro_svae import inference_data
+
+    calls = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+
+    monkeypatch.setattr(az, "from_dict", record)
+    groups, coords, dims = {"posterior": {"a": np.zeros((1, 2))}}, {"c": [0]}, {"a": ["c"]}
+    monkeypatch.setattr(az, "__version__", "1.0.0")
+    inference_data.from_dict(groups, coords, dims)
+    monkeypatch.setattr(az, "__version__", "0.23.4")
+    inference_data.from_dict(groups, coords, dims)
+    assert calls[0] == ((groups,), {"coords": coords, "dims": dims})  # 1.x: one dict of groups
+    assert calls[1] == ((), {"posterior": groups["posterior"], "coords": coords, "dims": dims})  # 0.x: keywords
