@@ -52,7 +52,7 @@ def split(adata, seed: int, transfer_cells: int, test_cells: int = 100):
     return tuple(adata[np.sort(np.concatenate(part))].copy() for part in (train, test_seen, transfer, test_unseen))
 
 
-def run(prior: str, seed: int, cells: int, transfer_cells: int, iw_samples: int) -> dict:
+def run(prior: str, seed: int, cells: int, transfer_cells: int, iw_samples: int, max_epochs="auto") -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -62,7 +62,8 @@ def run(prior: str, seed: int, cells: int, transfer_cells: int, iw_samples: int)
     adata = pyro_svae.datasets.simulate(**SCREEN, n_cells_per_perturbation=cells, seed=seed)
     train, test_seen, transfer, test_unseen = split(adata, seed, transfer_cells)
     start = time.perf_counter()
-    model = pyro_svae.fit(train, n_latent=SCREEN["n_latent"], prior=prior, control=None, seed=seed, progress=False)
+    model = pyro_svae.fit(train, n_latent=SCREEN["n_latent"], prior=prior, control=None, seed=seed,
+                          max_epochs=max_epochs, progress=False)
     fit_seconds = time.perf_counter() - start
     names = list(adata.uns["perturbation_names"])
     truth = adata.uns["true_targets"]
@@ -146,8 +147,10 @@ def main() -> pd.DataFrame:
     parser.add_argument("--cells", type=int, default=500, help="cells per perturbation")
     parser.add_argument("--transfer-cells", type=int, default=50, help="cells per unseen perturbation for transfer")
     parser.add_argument("--iw-samples", type=int, default=100)
+    parser.add_argument("--max-epochs", default="auto", help="fit epochs (a number for a quick smoke run)")
     args = parser.parse_args()
-    jobs = [(p, s, args.cells, args.transfer_cells, args.iw_samples) for s in args.seeds for p in args.priors]
+    max_epochs = args.max_epochs if args.max_epochs == "auto" else int(args.max_epochs)
+    jobs = [(p, s, args.cells, args.transfer_cells, args.iw_samples, max_epochs) for s in args.seeds for p in args.priors]
     with ProcessPoolExecutor(args.jobs) as pool:
         table = pd.DataFrame(list(pool.map(run, *zip(*jobs))))
     report(table, args)

@@ -52,6 +52,10 @@ class ShiftMoments(NamedTuple):
     A prior may return this instead of a tensor when ``delta`` is linear in Bernoulli masks. As the
     prior of ``z`` is Gaussian, ``E_mask[log N(z; delta, I)] = log N(z; mean, I) - variance.sum() / 2``
     exactly, so the model scores the masks in closed form instead of sampling them.
+
+    With ``inclusion``, the shift is read as ``mask * slab``, ``mask ~ Bernoulli(inclusion)``,
+    ``slab = mean / inclusion``: simulation (``SVAE.predict``, ``SVAE.counterfactual``) samples the
+    masks and ``SVAE.marginal_log_likelihood`` sums over them.
     """
 
     mean: torch.Tensor

@@ -22,7 +22,7 @@ from .nets import Networks
 from .priors import resolve_prior
 from .train import DataOnDevice, TrainConfig, local_elbo, param_scope
 
-__all__ = ["SVAEConfig", "SVAE", "load", "SHIFT_THRESHOLD"]
+__all__ = ["SVAEConfig", "SVAE", "load", "call_targets", "SHIFT_THRESHOLD"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,94 @@ class SVAE:
         (path / "config.json").write_text(json.dumps(document, indent=1))
 
 
+    # ---- transfer, held-out likelihood and predictions -----------------------------------
+    def transfer(self, adata_new, perturbation_key: Optional[str] = None, max_epochs="auto", batch_size: int = 256,
+                 lr: Optional[float] = None, seed: int = 0, progress: bool = False) -> "SVAE":
+        """A model that also knows the perturbations of ``adata_new`` it has not seen.
+
+        The paper's out-of-distribution protocol: encoder, decoder, dispersion and every known
+        perturbation's parameters stay frozen (exactly); the new perturbations (labels, or members
+        of ``"A+B"`` labels, not seen in training) get fresh rows in the prior's guide parameters,
+        fitted by SVI on the cells of ``adata_new`` (a few per perturbation is the intended use).
+        ``max_epochs="auto"`` gives about 2,000 steps; ``lr`` defaults to the fit's ``prior_lr``.
+
+        Returns
+        -------
+        SVAE
+            A new model (this one is unchanged) whose ``perturbation_names`` end with the new ones,
+            ``adata`` is ``adata_new`` and ``transfer_history`` the transfer's per-epoch history.
+        """
+        from .transfer import transfer
+
+        return transfer(self, adata_new, perturbation_key, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
+                        seed=seed, progress=progress)
+
+    def marginal_log_likelihood(self, adata=None, n_samples: int = 100, by: Optional[str] = None,
+                                batch_size: int = 256, seed: Optional[int] = None):
+        """Importance-weighted ELBO per cell (IWELBO, ``n_samples`` importance samples), averaged.
+
+        A lower bound on the held-out log-likelihood ``log E_q(g)[p(x | g)]`` that tightens with
+        ``n_samples`` (1 gives an ELBO); the global sites ``g`` are drawn from the guide once per
+        importance sample, masks a prior integrates out are summed over exactly. Cells are
+        processed ``batch_size`` at a time and samples in chunks, so memory stays bounded for
+        ``n_samples=1000``. With ``by`` (an ``obs`` column) a ``pandas.Series`` of group means.
+        """
+        from .likelihood import marginal_log_likelihood
+
+        return marginal_log_likelihood(self, adata, n_samples, by=by, batch_size=batch_size, seed=seed)
+
+    def predict(self, perturbations, n_cells: int = 100, batch: Optional[str] = None, library=None,
+                seed: Optional[int] = None):
+        """Simulate cells under any combination of known perturbations.
+
+        For each label in ``perturbations`` (``"A"``, ``"A+B"``, or the control label),
+        ``n_cells`` cells: a draw of the global sites from the guide per cell (masks sampled),
+        ``z ~ Normal(sum of the members' shifts, I)``, counts from the decoder. A combination's
+        shift is the sum of its members' (the model's multi-hot design), so combinations never
+        seen together are predicted. ``library``: a number or an array of library sizes (default:
+        drawn from the training cells); ``batch``: a batch name (default: spread over batches).
+
+        Returns
+        -------
+        anndata.AnnData
+            ``X`` counts ``[len(perturbations) * n_cells, n_genes]``; ``obs[perturbation_key]``,
+            ``obs["library_size"]``; ``obsm["z"]`` and ``obsm["shift"]`` ``[n, n_latent]``.
+        """
+        from .predict import predict
+
+        return predict(self, perturbations, n_cells=n_cells, batch=batch, library=library, seed=seed)
+
+    def counterfactual(self, adata, perturbation: str, num_samples: int = 10, seed: Optional[int] = None) -> np.ndarray:
+        """Counts of the same cells under another intervention.
+
+        For each cell of ``adata`` (typically controls): ``z ~ q(z | x)`` (abduction), its own
+        effective shift replaced by that of ``perturbation`` (a label or a combination ``"A+B"``),
+        decoded with the cell's library size and batch. One draw of the global sites per sample.
+
+        Returns
+        -------
+        numpy.ndarray ``[num_samples, n_cells, n_genes]``, int32.
+        """
+        from .predict import counterfactual
+
+        return counterfactual(self, adata, perturbation, num_samples=num_samples, seed=seed)
+
+    def target_calls(self, fdr: float = 0.05, num_samples: int = 200) -> pd.DataFrame:
+        """Targets called with a Bayesian false discovery rate (Newton et al. 2004).
+
+        Sorts all (perturbation, latent) posterior inclusion probabilities and calls the largest
+        set whose expected false discovery proportion, the mean of ``1 - PIP`` over the set, is at
+        most ``fdr``. More calls as ``fdr`` grows.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per call: ``perturbation``, ``latent``, ``pip``; ``attrs["threshold"]`` is the
+            smallest PIP called and ``attrs["expected_fdp"]`` the expected false discovery proportion.
+        """
+        return call_targets(self.intervention_targets(num_samples), fdr)
+
+
 def build(config: SVAEConfig, screen: ScreenData, prior: Optional[Callable] = None):
     """Networks, prior function and prior sites for ``config`` on ``screen`` (parameters not created)."""
     from .priors import PRIORS
@@ -336,6 +424,20 @@ def _create_params(result: SVAE, n_batches: int) -> None:
              "batch": torch.zeros(1, dtype=torch.long, device=device) if n_batches else None,
              "counts": torch.zeros(1, len(result.gene_names), device=device)}
     local_elbo(model_fn, guide_fn, dummy)
+
+
+def call_targets(pips: pd.DataFrame, fdr: float) -> pd.DataFrame:
+    """The Bayesian FDR calls of :meth:`SVAE.target_calls` from a PIP table (perturbations x latents)."""
+    if not 0.0 <= fdr < 1.0:
+        raise ValueError(f"fdr must lie in [0, 1), but got {fdr}.")
+    long = pips.stack().rename("pip").reset_index().sort_values("pip", ascending=False, kind="stable")
+    expected_fdp = np.cumsum(1.0 - long["pip"].to_numpy()) / np.arange(1, len(long) + 1)
+    # the largest set (a prefix of the sorted PIPs) whose expected FDP is at most fdr
+    n_called = int(np.flatnonzero(expected_fdp <= fdr).max() + 1) if (expected_fdp <= fdr).any() else 0
+    calls = long.iloc[:n_called].reset_index(drop=True)
+    calls.attrs["threshold"] = float(calls["pip"].min()) if n_called else float("nan")
+    calls.attrs["expected_fdp"] = float(expected_fdp[n_called - 1]) if n_called else 0.0
+    return calls
 
 
 def _version_tuple(version: str):

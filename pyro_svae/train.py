@@ -154,6 +154,24 @@ def _mean_elbo(model_fn, guide_fn, data: DataOnDevice, index: np.ndarray, batch_
     return total / max(1, len(index))
 
 
+@contextlib.contextmanager
+def _frozen(store, frozen: dict):
+    """Zero the gradients of the ``frozen`` parameters (or entries) while inside."""
+    handles = []
+    for name, mask in frozen.items():
+        unconstrained = store._params[name]  # the leaf tensor the optimizer updates
+        if mask is True:
+            handles.append(unconstrained.register_hook(torch.zeros_like))
+        else:
+            mask = torch.as_tensor(mask, dtype=torch.bool, device=unconstrained.device)
+            handles.append(unconstrained.register_hook(lambda grad, mask=mask: grad.masked_fill(mask, 0.0)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _snapshot(store) -> dict:
     return {name: value.detach().clone() for name, value in store.get_state()["params"].items()}
 
@@ -179,6 +197,7 @@ def train(
     checkpoint_dir=None,
     resume=None,
     settings: Optional[dict] = None,
+    frozen: Optional[dict] = None,
 ) -> pd.DataFrame:
     """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam``.
 
@@ -189,6 +208,10 @@ def train(
     random generators, counters, history; with ``settings`` to check a resume against) goes to
     ``checkpoint_dir``. ``resume`` is a ``load_checkpoint`` result: training continues from it as
     if it had never stopped.
+
+    ``frozen`` maps parameter names (already in ``params``) to ``True`` (the whole parameter) or
+    a boolean tensor of its shape (``True`` entries): their gradients are zeroed, so Adam leaves
+    them exactly as they were. :meth:`SVAE.transfer` fits only new perturbations' rows this way.
     """
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(data.n_cells)
@@ -219,7 +242,8 @@ def train(
     nets.to(device)
     # argument validation is off while training (it costs time each step, and a NaN must reach the
     # loss check below, which restores the best parameters, rather than raise deep inside torch)
-    with param_scope(params) as store, pyro.validation_enabled(False), flush_denormals(device.type == "cpu"):
+    with param_scope(params) as store, pyro.validation_enabled(False), flush_denormals(device.type == "cpu"), \
+            _frozen(store, frozen or {}):
         if resume is not None:
             document, tensors = resume
             svi.evaluate_loss(**on_device.minibatch(train_index[:2]))  # creates every parameter
