@@ -8,7 +8,9 @@ import anndata
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate"]
+from .loaders import papalexi2021, replogle2022
+
+__all__ = ["simulate", "papalexi2021", "replogle2022"]
 
 
 def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_hidden: int, slope: float):
