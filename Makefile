@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned here (the CPU wheel); pyproject.toml keeps a range for users.
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo test test-fast docs clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,14 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The documentation site, built strictly (a warning fails it) into site/; the tutorials run with
+# tiny settings. The model graph needs graphviz's `dot` (e.g. apt install graphviz), else a note.
+$(VENV)/.docs: $(BIN)/activate
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(VENV)/.docs
+
+docs: $(VENV)/.docs
+	PYRO_SVAE_TUTORIAL_FAST=1 MPLBACKEND=Agg $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache site

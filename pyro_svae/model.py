@@ -85,6 +85,8 @@ def model(
         KL warm-up weight (> 0) of the ``z`` site and of the prior's global sites; the guide
         scales its sites by the same weight (the exact KLs take the guide site's scale).
 
+    Notes
+    -----
     A prior that returns :class:`~pyro_svae.priors.ShiftMoments` has its masks integrated out:
     ``z`` is scored against the mean shift and the factor ``shift_variance`` adds
     ``-variance / 2`` per cell and latent, which makes ``E_mask[log p(z | delta)]`` exact.
