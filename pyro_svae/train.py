@@ -15,7 +15,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
-from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
@@ -23,6 +22,7 @@ from .data import ScreenData, counts_to_tensor
 from .guide import guide, PriorSite
 from .model import model
 from .nets import Networks
+from .optim import MultiTensorClippedAdam
 
 __all__ = ["TrainConfig", "TrainingDiverged", "flush_denormals", "param_scope", "auto_max_epochs", "local_elbo", "train", "resolve_device", "DataOnDevice"]
 
@@ -199,7 +199,7 @@ def train(
     settings: Optional[dict] = None,
     frozen: Optional[dict] = None,
 ) -> pd.DataFrame:
-    """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam``.
+    """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam`` (multi-tensor).
 
     The parameters end in ``params`` (a param-store state): the best by validation ELBO when
     early stopping is on, else the last. Returns the history, one row per epoch.
@@ -235,7 +235,8 @@ def train(
         lr = config.prior_lr if param_name in global_params else config.lr
         return {"lr": lr, "clip_norm": config.clip_norm}
 
-    svi = SVI(model_fn, guide_fn, ClippedAdam(optim_args), loss=TraceMeanField_ELBO())
+    # ClippedAdam's updates, bit for bit, with multi-tensor kernels (pyro_svae.optim)
+    svi = SVI(model_fn, guide_fn, MultiTensorClippedAdam(optim_args), loss=TraceMeanField_ELBO())
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
     rows, best, best_elbo, since_best, step, first_epoch = [], None, -math.inf, 0, 0, 0
