@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-__all__ = ["ScreenData", "read_screen", "encode_perturbations", "counts_to_tensor"]
+__all__ = ["ScreenData", "BackedCounts", "read_screen", "encode_perturbations", "counts_to_tensor"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class ScreenData:
 
     Attributes
     ----------
-    counts : np.ndarray or scipy.sparse.csr_matrix
-        ``[n_cells, n_genes]`` raw counts, float32. Sparse input stays sparse (CSR).
+    counts : np.ndarray, scipy.sparse.csr_matrix or BackedCounts
+        ``[n_cells, n_genes]`` raw counts, float32. Sparse input stays sparse (CSR); a backed
+        AnnData's matrix stays on disk (:class:`BackedCounts`, rows read per minibatch).
     perturbations : np.ndarray
         ``[n_cells, max_members]`` int64 indices into ``perturbation_names``; the value
         ``n_perturbations`` pads (control cells hold only padding).
@@ -63,6 +64,68 @@ class ScreenData:
         return 0 if self.batch_names is None else len(self.batch_names)
 
 
+#: Rows read at a time from a backed (on-disk) count matrix.
+BACKED_CHUNK = 10_000
+
+
+class BackedCounts:
+    """Rows of an on-disk count matrix (``read_h5ad(..., backed="r")``), read on demand as float32.
+
+    Only what a minibatch needs is in memory: ``counts[index]`` reads the rows ``index`` (any
+    order) and returns a CSR matrix (sparse on disk) or a dense array.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.shape = tuple(dataset.shape)
+
+    def __getitem__(self, index):
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        unique, inverse = np.unique(index, return_inverse=True)
+        rows = self.dataset[unique]  # on-disk formats read strictly increasing rows
+        rows = sp.csr_matrix(rows, dtype=np.float32) if sp.issparse(rows) else np.asarray(rows, dtype=np.float32)
+        return rows if len(unique) == len(index) and np.all(unique == index) else rows[inverse]
+
+    def chunks(self):
+        """``(start, rows)`` over the whole matrix, :data:`BACKED_CHUNK` rows at a time."""
+        for start in range(0, self.shape[0], BACKED_CHUNK):
+            yield start, self[np.arange(start, min(start + BACKED_CHUNK, self.shape[0]))]
+
+
+def _check_values(values: np.ndarray, where: str, allow_non_integer: bool) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{where} holds NaN or infinite values; expected finite counts.")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{where} holds negative values (min {values.min():g}); expected counts >= 0.")
+    if not allow_non_integer and values.size and not np.all(values == np.round(values)):
+        example = values[values != np.round(values)][0]
+        raise ValueError(
+            f"{where} holds non-integer values (e.g. {example:g}); expected raw counts. "
+            "Pass allow_non_integer=True if this is intended (e.g. ambient-corrected counts)."
+        )
+
+
+def _backed_count_matrix(dataset, where: str, allow_non_integer: bool):
+    """Validate an on-disk matrix chunk by chunk; returns it wrapped and the library sizes."""
+    counts = BackedCounts(dataset)
+    library = np.zeros(counts.shape[0], dtype=np.float32)
+    for start, rows in counts.chunks():
+        _check_values(rows.data if sp.issparse(rows) else rows, where, allow_non_integer)
+        library[start:start + rows.shape[0]] = np.asarray(rows.sum(axis=1)).reshape(-1)
+    if counts.shape[0] == 0 or counts.shape[1] == 0:
+        raise ValueError(f"{where} has shape {counts.shape}; expected at least one cell and one gene.")
+    if not library.any():
+        raise ValueError(f"{where} is all zeros; expected counts with at least one non-zero value.")
+    return counts, library
+
+
+def _is_backed(matrix) -> bool:
+    return not isinstance(matrix, np.ndarray) and not sp.issparse(matrix) and hasattr(matrix, "shape") \
+        and (hasattr(matrix, "to_memory") or type(matrix).__module__.startswith("h5py"))
+
+
 def _count_matrix(adata, layer: Optional[str], allow_non_integer: bool):
     if layer is None:
         matrix, where = adata.X, "adata.X"
@@ -74,29 +137,20 @@ def _count_matrix(adata, layer: Optional[str], allow_non_integer: bool):
         matrix, where = adata.layers[layer], f"adata.layers[{layer!r}]"
     if matrix is None:
         raise ValueError(f"{where} is empty (None); expected a cells x genes count matrix.")
-    if hasattr(matrix, "to_memory"):  # backed sparse dataset
-        matrix = matrix.to_memory()
+    if _is_backed(matrix):  # read_h5ad(..., backed="r"): stays on disk
+        return _backed_count_matrix(matrix, where, allow_non_integer)
     if sp.issparse(matrix):
         matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
         values = matrix.data
     else:
         matrix = np.array(matrix, dtype=np.float32, copy=True)
         values = matrix
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"{where} holds NaN or infinite values; expected finite counts.")
-    if values.size and values.min() < 0:
-        raise ValueError(f"{where} holds negative values (min {values.min():g}); expected counts >= 0.")
-    if not allow_non_integer and values.size and not np.all(values == np.round(values)):
-        example = values[values != np.round(values)][0]
-        raise ValueError(
-            f"{where} holds non-integer values (e.g. {example:g}); expected raw counts. "
-            "Pass allow_non_integer=True if this is intended (e.g. ambient-corrected counts)."
-        )
+    _check_values(values, where, allow_non_integer)
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise ValueError(f"{where} has shape {matrix.shape}; expected at least one cell and one gene.")
     if (sp.issparse(matrix) and matrix.nnz == 0) or (not sp.issparse(matrix) and not values.any()):
         raise ValueError(f"{where} is all zeros; expected counts with at least one non-zero value.")
-    return matrix
+    return matrix, np.asarray(matrix.sum(axis=1), dtype=np.float32).reshape(-1)
 
 
 def encode_perturbations(
@@ -167,7 +221,7 @@ def read_screen(
     require_control : bool
         Raise if no cell carries the ``control`` label.
     """
-    counts = _count_matrix(adata, layer, allow_non_integer)
+    counts, library = _count_matrix(adata, layer, allow_non_integer)
     labels = _labels(adata, perturbation_key, "perturbation_key")
     if require_control and control is not None and not (labels == control).any():
         seen = sorted(labels.unique())[:10]
@@ -190,7 +244,6 @@ def read_screen(
             raise ValueError(f"adata.obs[{batch_key!r}] has batches {unknown} not seen in training {list(batch_names)}.")
         batch = batch_labels.map(lookup).to_numpy().astype(np.int64)
 
-    library = np.asarray(counts.sum(axis=1), dtype=np.float32).reshape(-1)
     return ScreenData(
         counts=counts,
         perturbations=perturbations,
@@ -204,7 +257,7 @@ def read_screen(
 
 
 def counts_to_tensor(counts, index: np.ndarray, device) -> torch.Tensor:
-    """Densify the rows ``index`` of a dense or CSR count matrix: ``[len(index), n_genes]``."""
+    """Densify the rows ``index`` of a dense, CSR or backed count matrix: ``[len(index), n_genes]``."""
     rows = counts[index]
     if sp.issparse(rows):
         rows = rows.toarray()

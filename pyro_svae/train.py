@@ -117,8 +117,9 @@ class DataOnDevice:
 
     def __init__(self, data: ScreenData, device: torch.device):
         self.data, self.device = data, device
-        dense = not hasattr(data.counts, "tocsr")
-        # Dense counts move to the device once; sparse rows are densified minibatch by minibatch.
+        dense = isinstance(data.counts, np.ndarray)
+        # Dense counts move to the device once; sparse (CSR or on-disk) rows are densified minibatch
+        # by minibatch, so the whole matrix never exists densely.
         self.counts = torch.as_tensor(data.counts, device=device) if dense else data.counts
         self.library = torch.as_tensor(data.library, device=device)
         self.perturbations = torch.as_tensor(data.perturbations, device=device)
