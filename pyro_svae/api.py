@@ -28,6 +28,27 @@ def _check(name: str, value, ok: bool, expected: str) -> None:
         raise ValueError(f"Expected {name} {expected}, but got {value!r}.")
 
 
+def model_config(perturbation_key: str = "perturbation", control: Optional[str] = "control", *,
+                 layer: Optional[str] = None, batch_key: Optional[str] = None, n_latent: int = 10,
+                 prior: Union[str, Callable] = "spike_and_slab", prior_options: Optional[dict] = None,
+                 likelihood: str = "nb", n_hidden: int = 128, n_layers: int = 2, separator: Optional[str] = "+",
+                 allow_non_integer: bool = False):
+    """The :class:`SVAEConfig` of ``fit``'s model options, and the prior (name or function) to build."""
+    _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
+    _check("likelihood", likelihood, likelihood in LIKELIHOODS, f"to be one of {LIKELIHOODS}")
+    prior_options = dict(prior_options or {})
+    if isinstance(prior, functools.partial) and not prior.args:  # a built-in with options bound
+        prior_options = {**prior.keywords, **prior_options}
+        prior = prior.func
+    config = SVAEConfig(
+        n_latent=n_latent, prior=prior if isinstance(prior, str) else prior_name(prior),
+        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
+        perturbation_key=perturbation_key, control=control, layer=layer, batch_key=batch_key,
+        separator=separator, allow_non_integer=allow_non_integer,
+    )
+    return config, prior
+
+
 def fit(
     adata,
     perturbation_key: str = "perturbation",
@@ -128,16 +149,10 @@ def fit(
     if patience == "auto":
         patience = max(30, max_epochs // 4)
     _check("max_epochs", max_epochs, isinstance(max_epochs, int) and max_epochs >= 1, "to be 'auto' or an integer >= 1")
-    prior_options = dict(prior_options or {})
-    if isinstance(prior, functools.partial) and not prior.args:  # a built-in with options bound
-        prior_options = {**prior.keywords, **prior_options}
-        prior = prior.func
-    config = SVAEConfig(
-        n_latent=n_latent, prior=prior if isinstance(prior, str) else prior_name(prior),
+    config, prior = model_config(
+        perturbation_key, control, layer=layer, batch_key=batch_key, n_latent=n_latent, prior=prior,
         prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
-        perturbation_key=perturbation_key, control=control, layer=layer, batch_key=batch_key,
-        separator=separator, allow_non_integer=allow_non_integer,
-    )
+        separator=separator, allow_non_integer=allow_non_integer)
     train_config = TrainConfig(
         batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, kl_warmup_epochs=kl_warmup_epochs,
         validation_fraction=validation_fraction, early_stopping=early_stopping and validation_fraction > 0,

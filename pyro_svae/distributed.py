@@ -1,0 +1,157 @@
+"""Training on several processes or GPUs with PyTorch Lightning (``pip install pyro_svae[distributed]``).
+
+The same model, guide and ELBO as :func:`pyro_svae.fit`, in the pattern of Pyro's
+``examples/svi_lightning.py``: a ``LightningModule`` computes
+``TraceMeanField_ELBO().differentiable_loss(model, guide, ...)`` on its minibatch, and Lightning's
+strategy (``"ddp_spawn"`` by default; ``"ddp"`` from a script, on several nodes) averages the
+gradients. Each rank draws its own cells (Lightning's distributed sampler) and scales its local
+terms by ``N / B`` through the model's explicit-index ``cells`` plate, so the averaged gradient is
+that of the full-data ELBO with a ``ranks x batch_size`` minibatch. Every parameter, the
+networks' and the prior's, is a parameter of the module, so all ranks hold identical values.
+
+Differences from ``fit``: a fixed number of epochs (no validation split or early stopping) and
+``torch.optim.Adam`` with per-element gradient clipping (Lightning's ``gradient_clip_val``)
+instead of ``ClippedAdam`` (the same update up to where ``eps`` enters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from .data import read_screen
+from .guide import guide, inspect_prior
+from .model import model
+from .train import DataOnDevice, TrainConfig, param_scope
+
+__all__ = ["fit"]
+
+
+try:
+    import lightning.pytorch as pl
+
+    _LightningModule = pl.LightningModule
+except ImportError:  # the module imports; fit() says what to install
+    pl, _LightningModule = None, torch.nn.Module
+
+
+class SVAEModule(_LightningModule):
+    """The ELBO of one fitted model as a Lightning module; parameters shared with its param store."""
+
+    def __init__(self, screen, nets, prior, prior_sites, likelihood, params: dict, config: TrainConfig,
+                 steps_per_epoch: int):
+        super().__init__()
+        self.screen, self.nets, self.prior, self.prior_sites = screen, nets, prior, prior_sites
+        self.likelihood, self.config, self.steps_per_epoch = likelihood, config, steps_per_epoch
+        self.names = sorted(name for name in params["params"] if "$$$" not in name)  # the prior's and dispersion
+        self.globals = torch.nn.ParameterList([torch.nn.Parameter(params["params"][n].detach().clone())
+                                               for n in self.names])
+        self.constraints = params["constraints"]
+        self.register_buffer("epoch_loss", torch.full((config.max_epochs,), float("nan"), dtype=torch.float64))
+        self.register_buffer("rank_spread", torch.zeros((), dtype=torch.float64))
+        self._data = None
+
+    def _bind(self):
+        """Point this process's param store at the module's parameters (once per process)."""
+        store = pyro.get_param_store()
+        if self._data is not None and all(store._params.get(n) is p for n, p in zip(self.names, self.globals)):
+            return
+        store.clear()
+        params = dict(zip(self.names, self.globals))
+        params.update({f"{prefix}$$${name}": p for prefix, net in (("encoder", self.nets.encoder),
+                                                                   ("decoder", self.nets.decoder))
+                       for name, p in net.named_parameters()})
+        store.set_state({"params": params, "constraints": {n: self.constraints[n] for n in params}})
+        self._data = DataOnDevice(self.screen, self.device)
+
+    def training_step(self, index, batch_idx):
+        self._bind()
+        index = np.sort(index.cpu().numpy())
+        step = self.global_step
+        warmup = self.config.kl_warmup_epochs * self.steps_per_epoch
+        kl_weight = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        static = dict(nets=self.nets, prior=self.prior, n_perturbations=self.screen.n_perturbations,
+                      likelihood=self.likelihood)
+        loss = TraceMeanField_ELBO().differentiable_loss(
+            functools.partial(model, **static), functools.partial(guide, prior_sites=self.prior_sites, **static),
+            n_cells=self.screen.n_cells, cell_index=torch.as_tensor(index, device=self.device), kl_weight=kl_weight,
+            **self._data.minibatch(index))
+        self.log("loss", loss.detach() / self.screen.n_cells, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def on_train_epoch_end(self):
+        self.epoch_loss[self.current_epoch] = float(self.trainer.callback_metrics["loss"])
+        checksum = torch.stack([p.detach().double().sum() for p in self.parameters()])
+        gathered = self.all_gather(checksum).reshape(-1, checksum.numel())
+        self.rank_spread.fill_(float((gathered - gathered[0]).abs().max()))
+
+    def configure_optimizers(self):
+        prior_names = {f"{s.name}_{suffix}" for s in self.prior_sites for suffix in ("logits", "map", "loc", "scale")}
+        prior = [p for n, p in zip(self.names, self.globals) if n in prior_names]
+        rest = [p for n, p in zip(self.names, self.globals) if n not in prior_names] + list(self.nets.parameters())
+        return torch.optim.Adam([{"params": rest, "lr": self.config.lr},
+                                 {"params": prior, "lr": self.config.prior_lr}])
+
+
+
+def _loader(n_cells: int, batch_size: int):
+    return torch.utils.data.DataLoader(torch.arange(n_cells), batch_size=batch_size, shuffle=True, drop_last=False)
+
+
+def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = "control", *, devices=2,
+        accelerator: str = "cpu", strategy: str = "ddp_spawn", num_nodes: int = 1, max_epochs: int = 100,
+        batch_size: int = 256, kl_warmup_epochs: Optional[int] = None, lr: float = 1e-3, prior_lr: float = 1e-2,
+        seed: int = 0, progress: bool = False, **options):
+    """Fit on ``devices`` processes (CPU, gloo) or GPUs with a Lightning strategy.
+
+    Takes :func:`pyro_svae.fit`'s data and model options (``layer``, ``batch_key``, ``n_latent``,
+    ``prior``, ``prior_options``, ``likelihood``, ``n_hidden``, ``n_layers``, ...). ``batch_size``
+    is per rank. Returns an :class:`~pyro_svae.SVAE` in this process, with
+    ``rank_parameter_spread``, the largest difference of parameter checksums across ranks at the
+    end (0 when the ranks agree).
+    """
+    if pl is None:
+        raise ImportError("Distributed training needs PyTorch Lightning: pip install 'pyro_svae[distributed]'.")
+    from .api import model_config
+    from .result import SVAE, _create_params, build
+
+    config, prior = model_config(perturbation_key, control, **options)
+    screen = read_screen(adata, config.perturbation_key, config.control, layer=config.layer,
+                         batch_key=config.batch_key, separator=config.separator,
+                         allow_non_integer=config.allow_non_integer)
+    warmup = max(1, max_epochs // 40) if kl_warmup_epochs is None else kl_warmup_epochs
+    train_config = TrainConfig(batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr,
+                               kl_warmup_epochs=warmup, validation_fraction=0.0, early_stopping=False, seed=seed)
+    pyro.set_rng_seed(seed)
+    nets, prior = build(config, screen, prior)
+    params: dict = {}
+    with param_scope(params):
+        prior_sites = inspect_prior(prior, screen.n_perturbations, config.n_latent)
+        result = SVAE(config, nets, prior, prior_sites, params, screen, train_config, pd.DataFrame(), "cpu", adata)
+        _create_params(result, screen.n_batches)
+    world = devices * num_nodes if isinstance(devices, int) else len(devices) * num_nodes
+    steps_per_epoch = math.ceil(screen.n_cells / (batch_size * world))
+    module = SVAEModule(screen, nets, prior, prior_sites, config.likelihood, params, train_config, steps_per_epoch)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                         max_epochs=max_epochs, gradient_clip_val=train_config.clip_norm,
+                         gradient_clip_algorithm="value", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=progress, enable_model_summary=False, deterministic=False)
+    trainer.fit(module, _loader(screen.n_cells, batch_size))
+    # the trained values (brought back from rank 0 by the launcher) into the model's parameters
+    with torch.no_grad():
+        for name, value in zip(module.names, module.globals):
+            params["params"][name].copy_(value)
+    history = pd.DataFrame({"epoch": np.arange(max_epochs), "loss": module.epoch_loss.numpy()})
+    history["train_elbo"], history["validation_elbo"] = -history["loss"], np.nan
+    out = SVAE(dataclasses.replace(config), module.nets, prior, prior_sites, params, screen, train_config,
+               history[["epoch", "train_elbo", "validation_elbo", "loss"]], "cpu", adata)
+    out.rank_parameter_spread = float(module.rank_spread)
+    return out
