@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from .data import encode_perturbations
-from .model import count_distribution
+from .model import cell_shifts, count_distribution
 from .shifts import draw_shifts, sample_cell_shifts
 from .train import param_scope
 
@@ -112,6 +112,8 @@ def counterfactual(svae, adata, perturbation: str, num_samples: int = 10, seed: 
     screen = svae._read(adata)
     target = torch.as_tensor(_encode_labels(svae, [perturbation]), device=svae.device)  # [1, M]
     draws = draw_shifts(svae, num_samples)
+    # the masks of each draw of the global sites, sampled once and shared by all cells: [S, P, K]
+    shifts = draws.slab if draws.inclusion is None else draws.slab * torch.bernoulli(draws.inclusion)
     data = DataOnDevice(screen, svae.device)
     out = np.empty((num_samples, screen.n_cells, screen.n_genes), dtype=np.int32)
     with param_scope(svae.params), torch.no_grad():
@@ -121,18 +123,9 @@ def counterfactual(svae, adata, perturbation: str, num_samples: int = 10, seed: 
             loc, scale = svae.nets.encoder(batch["counts"], batch["batch"])
             z = torch.distributions.Normal(loc, scale).sample((num_samples,))  # [S, B, K] abduction
             # per draw s of the globals: remove the cell's own shift, add that of `perturbation`
-            own = torch.stack([sample_cell_shifts(_one(draws, s, len(index)), batch["perturbations"])
-                               for s in range(num_samples)])
-            new = torch.stack([sample_cell_shifts(_one(draws, s, len(index)), target.expand(len(index), -1))
-                               for s in range(num_samples)])
+            own = cell_shifts(shifts, batch["perturbations"])  # [S, B, K]
+            new = cell_shifts(shifts, target.expand(len(index), -1))
             counts = _decode(svae, z - own + new, batch["batch"], batch["library"])
             out[:, index] = counts.round().cpu().numpy().astype(np.int32)
     return out
 
-
-def _one(draws, s: int, n: int):
-    """Draw ``s`` of the global sites, its masks sampled once, shared by ``n`` cells."""
-    slab = draws.slab[s:s + 1]
-    if draws.inclusion is not None:
-        slab = slab * torch.bernoulli(draws.inclusion[s:s + 1])
-    return type(draws)(slab.expand(n, *slab.shape[1:]))
