@@ -1,4 +1,4 @@
-"""Simulated screens (the paper's setting, corrected and seeded) and loaders for public screens."""
+"""Simulated screens: the paper's setting (Lopez et al. 2023, Sec. 5), corrected and seeded."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from .loaders import papalexi2021, replogle2022
-
-__all__ = ["simulate", "papalexi2021", "replogle2022"]
+__all__ = ["simulate"]
 
 
 def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_hidden: int, slope: float):

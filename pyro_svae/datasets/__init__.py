@@ -1,0 +1,14 @@
+"""Simulated screens and loaders for public CRISPR screens, each returning an AnnData for ``fit``.
+
+- :func:`simulate`: the paper's simulator, with ground truth (Lopez et al. 2023, Sec. 5).
+- :func:`papalexi2021`: the ECCITE-seq knockout screen of Papalexi et al. (2021), THP-1 cells.
+- :func:`replogle2022`: the K562 Perturb-seq screens of Replogle et al. (2022), from a local file.
+- :mod:`~pyro_svae.datasets.preprocess`: the phenotype test and gene selection they use.
+"""
+
+from . import preprocess
+from .papalexi import papalexi2021
+from .replogle import replogle2022
+from .simulation import simulate
+
+__all__ = ["simulate", "papalexi2021", "replogle2022", "preprocess"]
