@@ -7,7 +7,8 @@ from . import datasets, metrics, pl, priors
 from .api import fit
 from .guide import guide
 from .model import model
-from .result import SVAE, SVAEConfig, load
+from .persistence import load
+from .result import SVAE, SVAEConfig
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,8 @@ from .data import read_screen
 from .guide import inspect_prior
 from .model import LIKELIHOODS
 from .priors import prior_name
-from .result import SVAE, SVAEConfig, build
+from .persistence import build
+from .result import SVAE, SVAEConfig
 from .train import TrainConfig, TrainingDiverged, auto_max_epochs, param_scope, resolve_device, train
 
 __all__ = ["fit"]

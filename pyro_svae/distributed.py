@@ -121,7 +121,8 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
     if pl is None:
         raise ImportError("Distributed training needs PyTorch Lightning: pip install 'pyro_svae[distributed]'.")
     from .api import model_config
-    from .result import SVAE, _create_params, build
+    from .persistence import _create_params, build
+    from .result import SVAE
 
     config, prior = model_config(perturbation_key, control, **options)
     screen = read_screen(adata, config.perturbation_key, config.control, layer=config.layer,

@@ -37,7 +37,8 @@ def _new_perturbations(svae, adata, key: str) -> list:
 def transfer(svae, adata_new, perturbation_key: Optional[str] = None, max_epochs: Union[int, str] = "auto",
              batch_size: int = 256, lr: Optional[float] = None, seed: int = 0, progress: bool = False):
     """See :meth:`pyro_svae.SVAE.transfer`."""
-    from .result import SVAE, _create_params
+    from .persistence import _create_params
+    from .result import SVAE
 
     key = perturbation_key or svae.config.perturbation_key
     new = _new_perturbations(svae, adata_new, key)
