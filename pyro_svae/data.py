@@ -139,11 +139,13 @@ def _count_matrix(adata, layer: Optional[str], allow_non_integer: bool):
         raise ValueError(f"{where} is empty (None); expected a cells x genes count matrix.")
     if _is_backed(matrix):  # read_h5ad(..., backed="r"): stays on disk
         return _backed_count_matrix(matrix, where, allow_non_integer)
+    # Read-only from here on: a CSR float32 or float32 array is used as it is, not copied (a
+    # million-cell screen would otherwise be held twice); other formats and dtypes are converted.
     if sp.issparse(matrix):
-        matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        matrix = sp.csr_matrix(matrix, dtype=np.float32)
         values = matrix.data
     else:
-        matrix = np.array(matrix, dtype=np.float32, copy=True)
+        matrix = np.asarray(matrix, dtype=np.float32)
         values = matrix
     _check_values(values, where, allow_non_integer)
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:

@@ -3,8 +3,13 @@
 import numpy as np
 import pyro
 import pytest
+import torch
 
 from pyro_svae.datasets import simulate
+
+# One torch thread: the test models are tiny (a second thread only adds synchronisation), and
+# results do not then depend on the machine's core count or load.
+torch.set_num_threads(1)
 
 #: fit() settings for tests that need a fitted model but not a converged one
 FAST = dict(n_latent=3, n_hidden=16, n_layers=1, batch_size=64, max_epochs=3, progress=False)
