@@ -94,7 +94,12 @@ class BackedCounts:
             yield start, self[np.arange(start, min(start + BACKED_CHUNK, self.shape[0]))]
 
 
-def _check_values(values: np.ndarray, where: str, allow_non_integer: bool) -> None:
+def _check_values(values: np.ndarray, where: str, allow_non_integer: bool, chunk: int = 2 ** 23) -> None:
+    if values.size > chunk:  # bounded temporaries (np.round of 100M values alone would take 400 MB)
+        flat = values.reshape(-1)
+        for start in range(0, flat.size, chunk):
+            _check_values(flat[start:start + chunk], where, allow_non_integer, chunk)
+        return
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{where} holds NaN or infinite values; expected finite counts.")
     if values.size and values.min() < 0:
