@@ -32,7 +32,7 @@ $(VENV)/.docs: $(BIN)/activate
 	touch $(VENV)/.docs
 
 docs: $(VENV)/.docs
-	PYRO_SVAE_TUTORIAL_FAST=1 MPLBACKEND=Agg $(BIN)/mkdocs build --strict
+	PYRO_SVAE_TUTORIAL_FAST=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache site

@@ -16,9 +16,6 @@
 # %%
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import arviz as az
 import matplotlib.pyplot as plt
 import pandas as pd
