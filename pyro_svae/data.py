@@ -170,15 +170,17 @@ def encode_perturbations(
     """
     lookup = {name: i for i, name in enumerate(perturbation_names)}
     pad = len(perturbation_names)
-    members = [_members(label, control, separator) for label in labels]
+    # each distinct label is parsed once (a million cells carry a few thousand labels at most)
+    codes, distinct = pd.factorize(np.asarray(labels, dtype=object), use_na_sentinel=False)
+    members = [_members(label, control, separator) for label in distinct]
     width = max([1] + [len(m) for m in members])
-    out = np.full((len(members), width), pad, dtype=np.int64)
+    encoded = np.full((len(members), width), pad, dtype=np.int64)
     for i, names in enumerate(members):
         for j, name in enumerate(names):
             if name not in lookup:
                 raise ValueError(f"Perturbation {name!r} is not one of the known perturbations {list(perturbation_names)[:10]}...")
-            out[i, j] = lookup[name]
-    return out
+            encoded[i, j] = lookup[name]
+    return encoded[codes]
 
 
 def _members(label: str, control: Optional[str], separator: Optional[str]) -> list:
