@@ -240,6 +240,9 @@ def read_screen(
     if perturbation_names is None:
         members = {m for label in labels.unique() for m in _members(label, control, separator)}
         perturbation_names = sorted(members)
+        if not perturbation_names:
+            raise ValueError(f"adata.obs[{perturbation_key!r}] holds only control cells ({control!r}); "
+                             "expected at least one perturbation.")
     perturbations = encode_perturbations(labels.to_numpy(), perturbation_names, control, separator)
 
     batch = None

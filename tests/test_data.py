@@ -89,3 +89,13 @@ def test_fit_leaves_adata_unchanged(screen):
     before = screen.copy()
     pyro_svae.fit(screen, **FAST)
     assert adata_equal(before, screen)
+
+
+def test_a_screen_of_controls_only_is_refused():
+    import anndata as ad
+    import pandas as pd
+
+    adata = ad.AnnData(np.ones((4, 3), np.float32), obs=pd.DataFrame({"perturbation": ["control"] * 4},
+                                                                      index=[f"c{i}" for i in range(4)]))
+    with pytest.raises(ValueError, match="holds only control cells"):
+        read_screen(adata)
