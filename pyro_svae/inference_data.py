@@ -64,11 +64,11 @@ def to_arviz(svae, adata=None, num_samples: int = 100, genes=None, cells=None, b
     adata = svae.adata if adata is None else adata
     if adata is None:
         raise ValueError("No AnnData given and none kept from training (a loaded model): pass adata.")
-    cell_pos = positions(cells, list(map(str, adata.obs_names)), "cells")
-    gene_pos = positions(genes, svae.gene_names, "genes")
-    replicated = posterior_predictive(svae, adata, num_samples, genes=gene_pos, cells=cell_pos,
-                                      batch_size=batch_size, log_likelihood=True, return_latents=True)
     screen = svae._read(adata)
+    cell_pos = positions(cells, screen.cell_names, "cells")
+    gene_pos = positions(genes, svae.gene_names, "genes")
+    replicated = posterior_predictive(svae, adata, num_samples, genes=gene_pos, cells=cell_pos, batch_size=batch_size,
+                                      log_likelihood=True, return_latents=True, screen=screen)
     observed = screen.counts[cell_pos][:, gene_pos]
     observed = np.asarray(observed.toarray() if hasattr(observed, "toarray") else observed)
     labels = adata.obs[svae.config.perturbation_key].astype(str).to_numpy()[cell_pos]

@@ -87,16 +87,17 @@ def _log_likelihood(model_fn, z: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 def posterior_predictive(svae, adata=None, num_samples: int = 100, genes=None, cells=None, batch_size: int = 1024,
-                         log_likelihood: bool = False, return_latents: bool = False):
+                         log_likelihood: bool = False, return_latents: bool = False, screen=None):
     """Replicated counts ``[num_samples, n_cells, n_genes]`` (int32) for the selected cells and genes.
 
     See :meth:`pyro_svae.SVAE.posterior_predictive`. With ``log_likelihood`` or
-    ``return_latents`` a dict ``{"counts", "log_likelihood" [S, C], "z" [S, C, K]}``.
+    ``return_latents`` a dict ``{"counts", "log_likelihood" [S, C], "z" [S, C, K]}``. ``screen``:
+    ``adata`` already read by ``svae._read`` (callers that need it too read it once).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, but got {num_samples}.")
-    adata = svae.adata if adata is None else adata
-    screen = svae._read(adata)
+    if screen is None:
+        screen = svae._read(svae.adata if adata is None else adata)
     cell_pos = positions(cells, screen.cell_names, "cells")
     gene_pos = positions(genes, svae.gene_names, "genes")
     counts = np.empty((num_samples, len(cell_pos), len(gene_pos)), dtype=np.int32)

@@ -184,13 +184,13 @@ class SVAE:
         -------
         pandas.DataFrame, one row per statistic and item (tidy).
         """
-        from .predictive import positions, ppc_summary
+        from .predictive import positions, posterior_predictive, ppc_summary
 
         adata = self.adata if adata is None else adata
         screen = self._read(adata)
         cell_pos = positions(cells, screen.cell_names, "cells")
         gene_pos = positions(genes, self.gene_names, "genes")
-        replicated = self.posterior_predictive(adata, num_samples, genes=gene_pos, cells=cell_pos)
+        replicated = posterior_predictive(self, adata, num_samples, genes=gene_pos, cells=cell_pos, screen=screen)
         labels = adata.obs[self.config.perturbation_key].astype(str).to_numpy()[cell_pos]
         return ppc_summary(screen.counts[cell_pos][:, gene_pos], replicated, labels, self.config.control,
                            np.asarray(self.gene_names)[gene_pos], np.asarray(screen.cell_names)[cell_pos], interval)
