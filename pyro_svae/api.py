@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 from dataclasses import asdict
 from typing import Callable, Optional, Union
 
+import pandas as pd
 import pyro
 
 from .checkpoint import check_resumable, load_checkpoint
@@ -79,6 +81,8 @@ def fit(
     checkpoint_every: Optional[int] = None,
     checkpoint_dir=None,
     resume_from=None,
+    warm_start: Optional[str] = None,
+    warm_start_fraction: float = 0.3,
 ) -> SVAE:
     """Fit a sparse mechanism shift VAE to a perturbation screen.
 
@@ -174,6 +178,12 @@ def fit(
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
         check_resumable(resume[0]["settings"], settings)
+    if warm_start == "rotate":
+        nets, warm, dense_history, n_dense = _dense_rotated_start(config, screen, train_config, warm_start_fraction,
+                                                                  device, progress, likelihood)
+        params = {key: {**params.get(key, {}), **warm[key]} for key in ("params", "constraints")}
+        train_config = dataclasses.replace(train_config, max_epochs=max(1, train_config.max_epochs - n_dense),
+                                           kl_warmup_epochs=0)
     try:
         history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
                         params=params, device=device, progress=progress, checkpoint_every=checkpoint_every,
@@ -183,4 +193,31 @@ def fit(
             error.model = SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, error.history,
                                device, adata)
         raise
+    if warm_start == "rotate":
+        history = pd.concat([dense_history.assign(stage="dense"),
+                             history.assign(epoch=history["epoch"] + n_dense, stage="sparse")], ignore_index=True)
     return SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, history, device, adata)
+
+
+def _dense_rotated_start(config, screen, train_config, fraction, device, progress, likelihood):
+    """Fit dense Gaussian shifts for a fraction of the epochs, then rotate the latent space so
+    that the shifts are sparsest (:mod:`pyro_svae.warm_start`). Returns the rotated networks, the
+    parameters to continue from (networks and dispersion), the history and the epochs used."""
+    from .warm_start import rotate_networks, sparsest_rotation
+
+    n_dense = max(1, int(round(fraction * train_config.max_epochs)))
+    dense_config = dataclasses.replace(config, prior="gaussian", prior_options={})
+    nets, dense_prior = build(dense_config, screen)
+    dense_params: dict = {}
+    with param_scope(dense_params):
+        dense_sites = inspect_prior(dense_prior, screen.n_perturbations, config.n_latent)
+    history = train(screen, nets, dense_prior, dense_sites, likelihood=likelihood,
+                    config=dataclasses.replace(train_config, max_epochs=n_dense, early_stopping=False),
+                    params=dense_params, device=device, progress=progress)
+    dense = SVAE(dense_config, nets, dense_prior, dense_sites, dense_params, screen, train_config, history, device)
+    rotation = sparsest_rotation(dense.shifts(num_samples=100).to_numpy(), seed=train_config.seed)
+    rotate_networks(nets, rotation)
+    kept = {name: value for name, value in dense_params["params"].items()
+            if name.startswith(("encoder$$$", "decoder$$$")) or name == "dispersion"}
+    params = {"params": kept, "constraints": {name: dense_params["constraints"][name] for name in kept}}
+    return nets, params, history, n_dense

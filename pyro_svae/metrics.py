@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores"]
+__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores", "aligned_calls", "false_discovery", "jaccard"]
 
 
 class Matching(NamedTuple):
@@ -76,3 +76,41 @@ def target_scores(pip: np.ndarray, true_targets: np.ndarray, matching: Matching,
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def aligned_calls(called: np.ndarray, matching: Matching, n_true: int) -> np.ndarray:
+    """Calls ``[P, K_learned]`` (bool) in the true latents' coordinates: ``[P, n_true + n_unmatched]``.
+
+    Column ``k < n_true`` holds the calls of the learned latent matched to true latent ``k``; the
+    calls of learned latents matched to none follow, so that they count as false positives.
+    """
+    called = np.asarray(called, bool)
+    unmatched = np.setdiff1d(np.arange(called.shape[1]), matching.learned_index)
+    aligned = np.zeros((called.shape[0], n_true + len(unmatched)), dtype=bool)
+    aligned[:, matching.true_index] = called[:, matching.learned_index]
+    aligned[:, n_true:] = called[:, unmatched]
+    return aligned
+
+
+def false_discovery(called: np.ndarray, true_targets: np.ndarray, matching: Matching) -> dict:
+    """Realised false discovery proportion and recall of a set of calls ``[P, K_learned]`` (bool).
+
+    ``fdp`` is 0 when nothing is called. Learned latents matched to no true one count as false.
+    """
+    true_targets = np.asarray(true_targets, bool)
+    aligned = aligned_calls(called, matching, true_targets.shape[1])
+    truth = np.zeros_like(aligned)
+    truth[:, :true_targets.shape[1]] = true_targets
+    n_called = int(aligned.sum())
+    tp = int((aligned & truth).sum())
+    return {"fdp": (n_called - tp) / n_called if n_called else 0.0, "recall": tp / max(1, int(truth.sum())),
+            "n_called": n_called}
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard index of two boolean call tables of the same shape (1 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"Expected call tables of the same shape, but got {a.shape} and {b.shape}.")
+    union = int((a | b).sum())
+    return float((a & b).sum() / union) if union else 1.0

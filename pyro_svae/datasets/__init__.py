@@ -3,12 +3,14 @@
 - :func:`simulate`: the paper's simulator, with ground truth (Lopez et al. 2023, Sec. 5).
 - :func:`papalexi2021`: the ECCITE-seq knockout screen of Papalexi et al. (2021), THP-1 cells.
 - :func:`replogle2022`: the K562 Perturb-seq screens of Replogle et al. (2022), from a local file.
+- :mod:`~pyro_svae.datasets.grid`: a family of simulated screens (:func:`grid_screens`) to check defaults on.
 - :mod:`~pyro_svae.datasets.preprocess`: the phenotype test and gene selection they use.
 """
 
-from . import preprocess
+from . import grid, preprocess
+from .grid import grid_screens, simulate_grid_screen
 from .papalexi import papalexi2021
 from .replogle import replogle2022
 from .simulation import simulate
 
-__all__ = ["simulate", "papalexi2021", "replogle2022", "preprocess"]
+__all__ = ["simulate", "papalexi2021", "replogle2022", "preprocess", "grid", "grid_screens", "simulate_grid_screen"]

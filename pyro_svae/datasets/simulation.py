@@ -1,19 +1,24 @@
-"""Simulated screens: the paper's setting (Lopez et al. 2023, Sec. 5), corrected and seeded."""
+"""Simulated screens: the paper's setting (Lopez et al. 2023, Sec. 5), corrected, seeded and widened
+to what real screens vary (gene baselines, depth, noise, decoder depth, controls, combinations)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import anndata
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "true_log_mean"]
+
+#: Leaky-ReLU slope of the simulated decoder.
+SLOPE = 0.2
 
 
-def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_hidden: int, slope: float):
+def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_hidden: int, slope: float,
+                       n_layers: int = 3):
     """Weights of a leaky-ReLU MLP that is injective (full column rank layers, Lachapelle et al.)."""
-    sizes = [n_latent, n_hidden, n_hidden, n_hidden, n_genes]
+    sizes = [n_latent] + [n_hidden] * n_layers + [n_genes]
     weights = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         w, _ = np.linalg.qr(rng.normal(size=(max(n_in, n_out), min(n_in, n_out))))
@@ -31,6 +36,35 @@ def _decode(z: np.ndarray, weights, slope: float) -> np.ndarray:
     return h @ weights[-1]
 
 
+def true_log_mean(adata: anndata.AnnData, z: np.ndarray, library=None) -> np.ndarray:
+    """The simulator's own decoder: log mean counts ``[n_cells, n_genes]`` of latents ``z [n_cells, K]``.
+
+    ``library`` (a number or ``[n_cells]``) defaults to 1, giving the log proportions
+    ``log softmax(f(z) + baseline)``. Reads the weights kept in ``adata.uns["true_decoder"]``, so
+    gene programs learned by a model can be compared with the truth.
+    """
+    decoder = adata.uns["true_decoder"]
+    weights = [np.asarray(decoder[f"w{i}"]) for i in range(int(decoder["n_weights"]))]
+    logits = _decode(np.asarray(z, float), weights, float(decoder["slope"])) / float(decoder["logit_scale"])
+    logits = logits + np.asarray(decoder["baseline"])
+    log_p = logits - logits.max(axis=-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
+    lib = 1.0 if library is None else np.asarray(library, float).reshape(-1, 1)
+    return log_p + np.log(lib)
+
+
+def _combination_pairs(rng: np.random.Generator, n_perturbations: int, n_combinations: int) -> list:
+    pairs = set()
+    possible = n_perturbations * (n_perturbations - 1) // 2
+    if n_combinations > possible:
+        raise ValueError(f"Expected n_combinations <= {possible} (the pairs of {n_perturbations} perturbations), "
+                         f"but got {n_combinations}.")
+    while len(pairs) < n_combinations:
+        a, b = sorted(rng.choice(n_perturbations, size=2, replace=False))
+        pairs.add((int(a), int(b)))
+    return sorted(pairs)
+
+
 def simulate(
     n_perturbations: int = 20,
     n_latent: int = 5,
@@ -43,47 +77,91 @@ def simulate(
     dispersion: Optional[float] = 10.0,
     n_hidden: int = 40,
     seed: int = 0,
+    *,
+    min_targets: int = 1,
+    gene_baseline_sd: float = 0.0,
+    library_sd: float = 0.2,
+    decoder_layers: int = 3,
+    n_combinations: int = 0,
+    interaction: float = 0.0,
+    cells_per_perturbation: Optional[Sequence[int]] = None,
 ) -> anndata.AnnData:
     """Simulate a perturbation screen with sparse mechanism shifts (Lopez et al. 2023, Sec. 5).
 
-    Each perturbation targets 1 to ``max_targets`` distinct latents, shifting each by
-    ``+-N(shift_size, 0.5)``; cells have ``z ~ Normal(delta[a], I)``; an injective leaky-ReLU
-    MLP maps ``z`` to gene logits, normalised by a softmax **over genes** (the reference code
-    normalises over cells); counts are negative binomial with mean ``library * softmax`` and
-    inverse dispersion ``dispersion`` (``None``: Poisson). Library sizes are log-normal around
-    ``library_size``. Everything is drawn from one seeded generator.
+    Each perturbation targets ``min_targets`` to ``max_targets`` distinct latents, shifting each
+    by ``+-N(shift_size, 0.5)``; cells have ``z ~ Normal(delta[a], I)``; an injective leaky-ReLU
+    MLP with ``decoder_layers`` hidden layers maps ``z`` to gene logits (scaled to unit standard
+    deviation), a log-normal baseline per gene (``gene_baseline_sd``, the sd of the log baseline:
+    real genes span orders of magnitude, ~1.5-2) is added, and a softmax **over genes** gives the
+    proportions (the reference code normalises over cells); counts are negative binomial with mean
+    ``library * softmax`` and inverse dispersion ``dispersion`` (``None``: Poisson). Library sizes
+    are log-normal around ``library_size`` with log-sd ``library_sd``.
+
+    ``n_combinations`` random pairs ``"pA+pB"`` get ``n_cells_per_perturbation`` cells each, with
+    the sum of their members' shifts plus, with ``interaction > 0``, a non-additive term: a shift
+    of ``interaction * shift_size`` on one random latent per pair. ``cells_per_perturbation``
+    (one count per perturbation) replaces the constant ``n_cells_per_perturbation``.
+    Everything is drawn from generators seeded by ``seed``; the default arguments reproduce the
+    screens of earlier versions exactly.
 
     Returns
     -------
     anndata.AnnData
-        ``X`` ``[n_cells, n_genes]`` float32 counts; ``obs["perturbation"]`` (``"control"`` or
-        ``"p00"``, ``"p01"``...); ``obsm["z_true"]`` ``[n_cells, n_latent]``; ``uns["true_targets"]``
-        ``[n_perturbations, n_latent]`` bool and ``uns["true_shifts"]`` (float), rows in the order of
-        ``uns["perturbation_names"]``.
+        ``X`` ``[n_cells, n_genes]`` float32 counts; ``obs["perturbation"]`` (``"control"``,
+        ``"p00"``, ``"p01"``..., ``"p00+p03"``); ``obsm["z_true"]`` ``[n_cells, n_latent]``;
+        ``uns["true_targets"]`` ``[n_perturbations, n_latent]`` bool and ``uns["true_shifts"]``
+        (float), rows in the order of ``uns["perturbation_names"]``; ``uns["true_decoder"]`` (read by
+        :func:`true_log_mean`); with combinations, ``uns["combinations"]`` (labels) and
+        ``uns["interaction_shifts"]`` ``[n_combinations, n_latent]``.
     """
-    if not 1 <= max_targets <= n_latent:
-        raise ValueError(f"Expected 1 <= max_targets <= n_latent={n_latent}, but got {max_targets}.")
+    if not 1 <= min_targets <= max_targets <= n_latent:
+        raise ValueError(f"Expected 1 <= min_targets <= max_targets <= n_latent={n_latent}, but got "
+                         f"min_targets={min_targets}, max_targets={max_targets}.")
+    if decoder_layers < 1:
+        raise ValueError(f"Expected decoder_layers >= 1, but got {decoder_layers}.")
     rng = np.random.default_rng(seed)
+    # options added after the first release draw from their own stream, so the defaults keep
+    # reproducing earlier screens draw for draw
+    extra = np.random.default_rng([seed, 1])
     width = len(str(n_perturbations - 1))
     names = [f"p{i:0{width}d}" for i in range(n_perturbations)]  # zero-padded: sorted order = index order
     targets = np.zeros((n_perturbations, n_latent), dtype=bool)
     for p in range(n_perturbations):
-        k = rng.integers(1, max_targets + 1)
+        k = rng.integers(min_targets, max_targets + 1)
         targets[p, rng.choice(n_latent, size=k, replace=False)] = True
     sign = rng.choice([-1.0, 1.0], size=targets.shape)
     shifts = targets * sign * rng.normal(shift_size, 0.5, size=targets.shape)
 
-    labels = np.array(["control"] * n_control + [n for n in names for _ in range(n_cells_per_perturbation)])
-    index = np.array([-1] * n_control + [p for p in range(n_perturbations) for _ in range(n_cells_per_perturbation)])
-    mean = np.where(index[:, None] >= 0, shifts[np.maximum(index, 0)], 0.0)
+    if cells_per_perturbation is None:
+        sizes = [n_cells_per_perturbation] * n_perturbations
+    else:
+        sizes = [int(n) for n in cells_per_perturbation]
+        if len(sizes) != n_perturbations or min(sizes) < 1:
+            raise ValueError(f"Expected cells_per_perturbation to hold {n_perturbations} counts >= 1, "
+                             f"but got {len(sizes)} (min {min(sizes) if sizes else None}).")
+    labels = ["control"] * n_control + [n for n, size in zip(names, sizes) for _ in range(size)]
+    mean_rows = [np.zeros(n_latent)] * n_control + [shifts[p] for p, size in enumerate(sizes) for _ in range(size)]
+    pairs = _combination_pairs(extra, n_perturbations, n_combinations) if n_combinations else []
+    interaction_shifts = np.zeros((len(pairs), n_latent))
+    for c, (a, b) in enumerate(pairs):
+        if interaction:
+            interaction_shifts[c, extra.integers(n_latent)] = extra.choice([-1.0, 1.0]) * interaction * shift_size
+        labels += [f"{names[a]}+{names[b]}"] * n_cells_per_perturbation
+        mean_rows += [shifts[a] + shifts[b] + interaction_shifts[c]] * n_cells_per_perturbation
+    labels = np.array(labels)
+    mean = np.array(mean_rows).reshape(len(labels), n_latent)
     z = mean + rng.normal(size=mean.shape)
 
-    weights = _injective_decoder(rng, n_latent, n_genes, max(n_hidden, n_latent), slope=0.2)
-    logits = _decode(z, weights, slope=0.2)
-    logits /= logits.std()
+    weights = _injective_decoder(rng, n_latent, n_genes, max(n_hidden, n_latent), slope=SLOPE,
+                                 n_layers=decoder_layers)
+    logits = _decode(z, weights, slope=SLOPE)
+    logit_scale = logits.std()
+    logits /= logit_scale
+    baseline = extra.normal(0.0, gene_baseline_sd, size=n_genes) if gene_baseline_sd else np.zeros(n_genes)
+    logits = logits + baseline
     proportions = np.exp(logits - logits.max(axis=1, keepdims=True))
     proportions /= proportions.sum(axis=1, keepdims=True)
-    library = rng.lognormal(np.log(library_size), 0.2, size=(len(z), 1))
+    library = rng.lognormal(np.log(library_size), library_sd, size=(len(z), 1))
     mu = library * proportions
     rate = mu if dispersion is None else rng.gamma(dispersion, mu / dispersion)
     counts = rng.poisson(rate).astype(np.float32)
@@ -98,4 +176,9 @@ def simulate(
     adata.uns["true_targets"] = targets
     adata.uns["true_shifts"] = shifts.astype(np.float32)
     adata.uns["perturbation_names"] = np.array(names)
+    adata.uns["true_decoder"] = {**{f"w{i}": w for i, w in enumerate(weights)}, "n_weights": len(weights),
+                                 "slope": SLOPE, "logit_scale": float(logit_scale), "baseline": baseline}
+    if pairs:
+        adata.uns["combinations"] = np.array([f"{names[a]}+{names[b]}" for a, b in pairs])
+        adata.uns["interaction_shifts"] = interaction_shifts.astype(np.float32)
     return adata

@@ -1,0 +1,297 @@
+"""Recovery of latents and targets across a grid of simulated screens (``pyro_svae.datasets.grid``).
+
+    python benchmarks/recovery_grid.py --part dev                       # the screens defaults are chosen on
+    python benchmarks/recovery_grid.py --part held_out                  # the screens kept aside
+    python benchmarks/recovery_grid.py --part all --methods spike_and_slab none gaussian sketch
+    python benchmarks/recovery_grid.py --screens base shift2 --methods ceiling --name ceiling
+
+Every screen is simulated with seeds 0 and 1 and fitted with the same seed (``fit(adata, n_latent=K)``,
+defaults otherwise); for the seed agreement, the seed-0 screen is fitted once more with seed 1 by the
+methods in ``--stability`` (the Jaccard index of the two fits' target calls, in true-latent
+coordinates). Per fit: latent MCC, target precision / recall / F1 at PIP > 0.5, and the realised
+false discovery proportion and recall of ``target_calls(fdr)`` at 0.05 and 0.1.
+
+Methods: the built-in priors by name; ``sketch``, a plain-PyTorch recipe reported in the issue
+tracker (straight-through Bernoulli masks under a Bernoulli(0.12) prior, 30x weight on the mask KL,
+masks initialised on, 500 epochs); ``ceiling``, the default prior given the true targets (masks
+fixed to the truth, only the shifts learned): how much a screen allows at all. ``--variants FILE``
+adds methods from a Python file defining ``VARIANTS = {name: fit keyword arguments}``.
+
+Finished fits are appended to ``benchmarks/results/<name>_runs.jsonl`` and skipped when run again,
+so an interrupted grid resumes. The report (``<name>.md`` and ``<name>.png``) is written from all
+runs in that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+
+from pyro_svae.priors import plates
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FDRS = (0.05, 0.1)
+
+
+def sketch_recipe(n_perturbations, n_latent, *, prior_inclusion: float = 0.12, kl_scale: float = 30.0,
+                  slab_scale: float = 5.0):
+    """The plain-PyTorch sketch's prior: sampled straight-through masks, mask KL weighted 30x."""
+    with plates(n_perturbations, n_latent):
+        with poutine.scale(scale=kl_scale):
+            mask = pyro.sample("mask", dist.Bernoulli(prior_inclusion))  # [P, K]
+        shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+    return mask * shift
+
+
+def true_targets_prior(n_perturbations, n_latent, *, targets, slab_scale: float = 5.0):
+    """The ceiling: masks fixed to the true targets ``[P, K]``, only the shifts learned."""
+    import torch
+
+    with plates(n_perturbations, n_latent):
+        shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+    return torch.as_tensor(targets, dtype=shift.dtype) * shift
+
+
+BUILT_IN = {
+    "spike_and_slab": {},
+    "none": {"prior": "none"},
+    "gaussian": {"prior": "gaussian"},
+    # 500 epochs as the sketch ran, capped at 15,000 steps (the paper screen's 40,000 cells)
+    "sketch": lambda adata: {"prior": sketch_recipe, "max_epochs": int(min(500, 15000 // np.ceil(0.9 * adata.n_obs / 256)))},
+}
+VARIANTS: dict = {}
+
+
+def _method_options(method: str, adata) -> dict:
+    if method == "ceiling":
+        return {"prior": true_targets_prior, "prior_options": {"targets": adata.uns["true_targets"].tolist()}}
+    options = {**BUILT_IN, **VARIANTS}[method]
+    return options(adata) if callable(options) else dict(options)
+
+
+def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    import pyro_svae
+    from pyro_svae import metrics
+    from pyro_svae.datasets import grid_screens, simulate_grid_screen
+
+    spec = grid_screens("all")[screen]
+    adata = simulate_grid_screen(screen, seed=screen_seed)
+    control = "control" if spec["n_control"] else None
+    options = _method_options(method, adata)
+    start = time.perf_counter()
+    model = pyro_svae.fit(adata, n_latent=spec["n_latent"], control=control, seed=fit_seed, progress=False, **options)
+    seconds = time.perf_counter() - start
+    latent, truth = model.get_latent(adata), adata.obsm["z_true"]
+    matching = metrics.match_latents(latent, truth)
+    names = list(adata.uns["perturbation_names"])
+    true_targets = adata.uns["true_targets"][[names.index(p) for p in model.perturbation_names]]
+    pips = model.intervention_targets()
+    scores = metrics.target_scores(pips.to_numpy(), true_targets, matching)
+    row = {"screen": screen, "screen_seed": screen_seed, "fit_seed": fit_seed, "method": method,
+           "mcc": metrics.mcc(latent, truth), **{f"target_{k}": v for k, v in scores.items()},
+           "epochs": len(model.history), "seconds": seconds}
+    for fdr in FDRS:
+        calls = model.target_calls(fdr=fdr)
+        called = np.zeros(pips.shape, bool)
+        called[[model.perturbation_names.index(p) for p in calls["perturbation"]], calls["latent"].to_numpy(int)] = True
+        realised = metrics.false_discovery(called, true_targets, matching)
+        row.update({f"fdp_{fdr}": realised["fdp"], f"recall_{fdr}": realised["recall"],
+                    f"calls_{fdr}": realised["n_called"]})
+    row["aligned_calls"] = metrics.aligned_calls(pips.to_numpy() > 0.5, matching, true_targets.shape[1]).tolist()
+    return row
+
+
+def _load_variants(path: str) -> None:
+    spec = importlib.util.spec_from_file_location("recovery_grid_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    VARIANTS.update(module.VARIANTS)
+
+
+def _jobs(screens, methods, stability, done, seeds=(0, 1)):
+    jobs = []
+    for screen in screens:
+        for method in methods:
+            runs = [(screen, seed, seed, method) for seed in seeds]
+            if method in stability:
+                runs.append((screen, 0, 1, method))
+            jobs += [job for job in runs if job not in done]
+    return jobs
+
+
+def _read_runs(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame()
+    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per screen and method: Jaccard of the target calls of fit seeds 0 and 1 on the seed-0 screen."""
+    from pyro_svae.metrics import jaccard
+
+    rows = []
+    for (screen, method), group in runs[runs["screen_seed"] == 0].groupby(["screen", "method"]):
+        fits = {r["fit_seed"]: np.asarray(r["aligned_calls"], bool) for _, r in group.iterrows()}
+        if 0 in fits and 1 in fits:
+            a, b = fits[0], fits[1]
+            width = max(a.shape[1], b.shape[1])
+            pad = (lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]))))  # noqa: E731
+            rows.append({"screen": screen, "method": method, "jaccard": jaccard(pad(a), pad(b))})
+    return pd.DataFrame(rows, columns=["screen", "method", "jaccard"])
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pandas table as a GitHub markdown table (no tabulate needed); column levels joined by ' '."""
+    columns = [" ".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns]
+    index_name = " ".join(str(n) for n in table.index.names if n is not None)
+    cell = (lambda v: f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join([index_name] + columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for key, row in table.iterrows():
+        key = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+        lines.append("| " + " | ".join([key] + [cell(v) for v in row.to_numpy()]) + " |")
+    return "\n".join(lines)
+
+
+GOALS = "MCC >= 0.9 and F1 >= 0.9 on >= 90% of screens, medians >= 0.95, median MCC >= none's + 0.15"
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method: medians, share of screens meeting both bars (screen = mean over its two seeds)."""
+    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
+    per_screen = grid.groupby(["method", "screen"])[["mcc", "target_f1", "fdp_0.05", "fdp_0.1", "recall_0.05",
+                                                     "recall_0.1", "seconds"]].mean()
+    agreement = seed_agreement(runs).set_index(["method", "screen"])["jaccard"]
+    rows = []
+    for method, table in per_screen.groupby(level="method"):
+        meets = (table["mcc"] >= 0.9) & (table["target_f1"] >= 0.9)
+        rows.append({"method": method, "screens": len(table), "median_mcc": table["mcc"].median(),
+                     "median_f1": table["target_f1"].median(), "share_meeting_bars": meets.mean(),
+                     "mean_fdp_0.05": table["fdp_0.05"].mean(), "max_fdp_0.05": table["fdp_0.05"].max(),
+                     "mean_fdp_0.1": table["fdp_0.1"].mean(), "max_fdp_0.1": table["fdp_0.1"].max(),
+                     "median_recall_0.1": table["recall_0.1"].median(),
+                     "median_jaccard": agreement.loc[method].median() if method in agreement.index.get_level_values(0) else np.nan,
+                     "mean_seconds": table["seconds"].mean()})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
+    from pyro_svae.datasets import grid_screens
+
+    summary = summarise(runs)
+    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
+    per_screen = grid.groupby(["screen", "method"])[["mcc", "target_f1", "fdp_0.1", "recall_0.1", "seconds"]].mean()
+    agreement = seed_agreement(runs).set_index(["screen", "method"])["jaccard"]
+    per_screen = per_screen.join(agreement, how="left").unstack("method")
+    pd.set_option("display.width", 250)
+    print(summary.round(3).to_string())
+    held_out = set(grid_screens("held_out"))
+    lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}`", "",
+             "Each screen simulated with seeds 0 and 1 and fitted with the same seed, `n_latent` the true number,",
+             "every other `fit` setting at its default; one CPU thread per fit. MCC: mean |correlation| of matched",
+             "latents; F1 of targets at PIP > 0.5; FDP / recall: realised false discovery proportion and recall of",
+             "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5) of fit seeds 0 and 1 on the seed-0",
+             f"screen. Goals: {GOALS}.", ""]
+    for part, screens in (("development screens", [s for s in per_screen.index if s not in held_out]),
+                          ("held-out screens", [s for s in per_screen.index if s in held_out])):
+        if not screens:
+            continue
+        part_runs = runs[runs["screen"].isin(screens)]
+        lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
+    lines += ["## Per screen (mean of the two seeds)", "", markdown(per_screen), ""]
+    (results / f"{name}.md").write_text("\n".join(lines))
+    _plot(per_screen, results / f"{name}.png")
+    print(f"Wrote {results / name}.md and .png")
+
+
+def _plot(per_screen: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_shown = [("mcc", "latent MCC"), ("target_f1", "target F1"), ("fdp_0.1", "realised FDP at fdr 0.1"),
+                     ("jaccard", "seed agreement (Jaccard)")]
+    methods = list(per_screen["mcc"].columns)
+    screens = list(per_screen.index)
+    fig, axes = plt.subplots(1, len(metrics_shown), figsize=(4.2 * len(metrics_shown), 0.22 * len(screens) + 1.6),
+                             sharey=True)
+    y = np.arange(len(screens))
+    for ax, (metric, title) in zip(axes, metrics_shown):
+        if metric not in per_screen.columns.get_level_values(0):
+            ax.set_visible(False)
+            continue
+        for i, method in enumerate(methods):
+            if (metric, method) in per_screen.columns:
+                ax.scatter(per_screen[(metric, method)], y, s=14, label=method, marker="os^Dv<>"[i % 7])
+        if metric in ("mcc", "target_f1", "jaccard"):
+            ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
+        if metric == "fdp_0.1":
+            ax.axvline(0.15, color="0.5", lw=0.8, ls="--")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+    axes[0].set_yticks(y, screens, fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> pd.DataFrame:
+    from pyro_svae.datasets import grid_screens
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", default="dev", choices=["dev", "held_out", "all"])
+    parser.add_argument("--screens", nargs="+", help="screen names (default: every screen of --part)")
+    parser.add_argument("--methods", nargs="+", default=["spike_and_slab", "none", "gaussian", "sketch"])
+    parser.add_argument("--stability", nargs="*", default=["spike_and_slab"],
+                        help="methods also fitted with a second seed on the seed-0 screen")
+    parser.add_argument("--variants", help="a Python file defining VARIANTS = {name: fit keyword arguments}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="screen seeds (each fitted with its own)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--name", default="recovery_grid")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the runs file and the report")
+    args = parser.parse_args(argv)
+    if args.variants:
+        _load_variants(args.variants)
+    screens = args.screens or list(grid_screens(args.part))
+    results = Path(args.results)
+    path = results / f"{args.name}_runs.jsonl"
+    results.mkdir(parents=True, exist_ok=True)
+    runs = _read_runs(path)
+    done = set() if runs.empty else set(map(tuple, runs[["screen", "screen_seed", "fit_seed", "method"]].to_numpy()))
+    jobs = [] if args.report_only else _jobs(screens, args.methods, set(args.stability), done, args.seeds)
+    # the slowest screens first, so that the two workers finish together
+    jobs.sort(key=lambda job: -grid_screens("all")[job[0]]["n_latent"])
+    print(f"{len(jobs)} fits to run, {len(done)} already in {path}")
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        for future in as_completed([pool.submit(run, *job) for job in jobs]):
+            row = future.result()
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{row['screen']:>18} seed {row['screen_seed']}/{row['fit_seed']} {row['method']:>16}: "
+                  f"MCC {row['mcc']:.3f} F1 {row['target_f1']:.3f} FDP(0.1) {row['fdp_0.1']:.2f} "
+                  f"{row['seconds']:.0f} s", flush=True)
+    runs = _read_runs(path)
+    command = "python benchmarks/recovery_grid.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    report(runs, results, args.name, command.strip())
+    return runs
+
+
+if __name__ == "__main__":
+    main()
