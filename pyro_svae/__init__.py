@@ -4,12 +4,15 @@ Sparse mechanism shift modeling (Lopez et al., CLeaR 2023) as a Pyro model and g
 """
 
 from . import datasets, metrics, pl, priors
-from .api import fit
+from .api import fit, load
+from .factory import SVAEConfig
 from .guide import guide
 from .model import model
-from .persistence import load
-from .result import SVAE, SVAEConfig
+from .results import from_uns
+from .sites import describe_guide
+from .svae import SVAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["fit", "load", "SVAE", "SVAEConfig", "model", "guide", "priors", "datasets", "metrics", "pl", "__version__"]
+__all__ = ["fit", "load", "SVAE", "SVAEConfig", "model", "guide", "describe_guide", "from_uns", "priors",
+           "datasets", "metrics", "pl", "__version__"]

@@ -1,27 +1,29 @@
-"""``fit``: AnnData in, fitted :class:`~pyro_svae.result.SVAE` out; a thin facade over the stages."""
+"""``fit`` and ``load``: AnnData or a saved model in, a :class:`~pyro_svae.svae.SVAE` out; thin
+facades over the stages (read, build, train, wrap)."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 from dataclasses import asdict
 from typing import Callable, Optional, Union
 
+import numpy as np
 import pandas as pd
 import pyro
 
+from . import warm_start as warm
 from .checkpoint import check_resumable, load_checkpoint
 from .data import read_screen
-from .guide import inspect_prior
-from .model import LIKELIHOODS
+from .factory import SVAEConfig, build, layout_of
+from .likelihoods import get_likelihood
+from .persistence import read, restore
 from .priors import prior_name
-from .persistence import build
-from .result import SVAE, SVAEConfig
-from .train import TrainConfig, TrainingDiverged, auto_max_epochs, param_scope, resolve_device, train
+from .svae import SVAE
+from .train import TrainConfig, TrainingDiverged, auto_max_epochs, resolve_device, split_cells, train
 
-__all__ = ["fit"]
+__all__ = ["fit", "load", "model_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def model_config(perturbation_key: str = "perturbation", control: Optional[str] 
                  allow_non_integer: bool = False):
     """The :class:`SVAEConfig` of ``fit``'s model options, and the prior (name or function) to build."""
     _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
-    _check("likelihood", likelihood, likelihood in LIKELIHOODS, f"to be one of {LIKELIHOODS}")
+    get_likelihood(likelihood)
     prior_options = dict(prior_options or {})
     if isinstance(prior, functools.partial) and not prior.args:  # a built-in with options bound
         prior_options = {**prior.keywords, **prior_options}
@@ -75,14 +77,14 @@ def fit(
     patience: Union[int, str] = "auto",
     separator: Optional[str] = "+",
     allow_non_integer: bool = False,
+    warm_start: Optional[str] = None,
+    warm_start_fraction: float = 0.3,
     seed: int = 0,
     device=None,
     progress: bool = True,
     checkpoint_every: Optional[int] = None,
     checkpoint_dir=None,
     resume_from=None,
-    warm_start: Optional[str] = None,
-    warm_start_fraction: float = 0.3,
 ) -> SVAE:
     """Fit a sparse mechanism shift VAE to a perturbation screen.
 
@@ -102,20 +104,23 @@ def fit(
         A name in :data:`pyro_svae.priors.PRIORS` or a function ``prior(n_perturbations, n_latent)``
         returning the effective shifts ``[P, K]``; its guide is built automatically.
     prior_options : dict, optional
-        Keyword options of the prior, e.g. ``{"sparsity": 20.0}`` for ``spike_and_slab``.
+        Keyword options of the prior, e.g. ``{"min_shift": 1.0}`` for ``spike_and_slab``.
     likelihood : {"nb", "zinb", "poisson"}
     max_epochs, kl_warmup_epochs : int or "auto"
         ``"auto"``: about 14,000 optimisation steps (50 to 1,000 epochs), warm-up over the first
         fortieth of them.
     lr, prior_lr : float
-        Learning rates of the networks and of the prior's global parameters.
+        Learning rates of the networks and of the prior's guide parameters.
     validation_fraction : float
         Cells held out for the validation ELBO and early stopping; ``0`` trains on all cells.
     early_stopping, patience :
         Stop when the validation ELBO (mean of the last 10 epochs) has not improved for
         ``patience`` epochs after the warm-up, and restore the best parameters. ``"auto"``: a
-        quarter of ``max_epochs``, at least 30 (targets keep settling while the validation ELBO
-        creeps up by a few hundredths of a nat per 10 epochs).
+        quarter of ``max_epochs``, at least 30.
+    warm_start : {None, "rotate"}
+        ``"rotate"``: spend ``warm_start_fraction`` of the epochs fitting dense Gaussian shifts,
+        rotate the latent space to make them sparsest, then fit ``prior`` from there
+        (:mod:`pyro_svae.warm_start`).
     seed : int
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
@@ -132,10 +137,11 @@ def fit(
         The fitted model; ``model.history`` has the per-epoch ELBOs.
     """
     _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
-    _check("likelihood", likelihood, likelihood in LIKELIHOODS, f"to be one of {LIKELIHOODS}")
+    get_likelihood(likelihood)
     _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "to be an integer >= 1")
     _check("validation_fraction", validation_fraction, 0 <= validation_fraction < 1, "in [0, 1)")
     _check("lr", lr, lr > 0, "> 0")
+    _check("warm_start", warm_start, warm_start in (None, "rotate"), "to be None or 'rotate'")
     if checkpoint_every is not None:
         _check("checkpoint_every", checkpoint_every, isinstance(checkpoint_every, int) and checkpoint_every >= 1,
                "to be None or an integer >= 1")
@@ -143,13 +149,11 @@ def fit(
             raise ValueError("checkpoint_every is set but checkpoint_dir is None; expected a directory to write to.")
     screen = read_screen(adata, perturbation_key, control, layer=layer, batch_key=batch_key,
                          separator=separator, allow_non_integer=allow_non_integer)
-    n_train = screen.n_cells - int(round(validation_fraction * screen.n_cells))
+    train_cells, _ = split_cells(screen.n_cells, validation_fraction, np.random.default_rng(seed))
     if max_epochs == "auto":
-        max_epochs = auto_max_epochs(n_train, batch_size)
+        max_epochs = auto_max_epochs(len(train_cells), batch_size)
     if kl_warmup_epochs == "auto":
         # short: the sparsity of the targets must act early, while the latent axes form
-        # (3 simulated screens: mean MCC 0.90 with 1/40 of the epochs, 0.82 with 1/5; see
-        # benchmarks/results/recovery.md and ablation_warmup165.md)
         kl_warmup_epochs = max(1, max_epochs // 40)
     if patience == "auto":
         patience = max(30, max_epochs // 4)
@@ -165,59 +169,48 @@ def fit(
     )
     device = resolve_device(device)
     pyro.set_rng_seed(seed)
-    nets, prior_fn = build(config, screen, prior)
-    params: dict = {}
-    with param_scope(params):
-        prior_sites = inspect_prior(prior_fn, screen.n_perturbations, n_latent)
+    layout = layout_of(screen, train_cells)
+    components = build(config, layout, prior)
     logger.info("Fitting %d cells x %d genes, %d perturbations, prior %s, %d epochs on %s.",
                 screen.n_cells, screen.n_genes, screen.n_perturbations, config.prior, max_epochs, device)
     settings = json.loads(json.dumps({**asdict(config), **asdict(train_config), "genes": screen.gene_names,
                                       "perturbations": screen.perturbation_names, "batches": screen.batch_names,
-                                      "n_cells": screen.n_cells}, default=str))
+                                      "n_cells": screen.n_cells, "warm_start": warm_start}, default=str))
     resume = None
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
         check_resumable(resume[0]["settings"], settings)
-    if warm_start == "rotate":
-        nets, warm, dense_history, n_dense = _dense_rotated_start(config, screen, train_config, warm_start_fraction,
-                                                                  device, progress, likelihood)
-        params = {key: {**params.get(key, {}), **warm[key]} for key in ("params", "constraints")}
-        train_config = dataclasses.replace(train_config, max_epochs=max(1, train_config.max_epochs - n_dense),
-                                           kl_warmup_epochs=0)
+    params: dict = {}
+    stages = []
+    if warm_start == "rotate" and resume is None:
+        params, dense_history, n_dense = warm.dense_rotated_start(
+            components, screen, train_config, warm_start_fraction, device, progress)
+        stages.append(dense_history.assign(stage="dense"))
+        train_config = warm.remaining(train_config, n_dense)
     try:
-        history = train(screen, nets, prior_fn, prior_sites, likelihood=likelihood, config=train_config,
-                        params=params, device=device, progress=progress, checkpoint_every=checkpoint_every,
-                        checkpoint_dir=checkpoint_dir, resume=resume, settings=settings)
+        history = train(screen, components, config=train_config, params=params, device=device, progress=progress,
+                        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume,
+                        settings=settings)
     except TrainingDiverged as error:
         if error.restored:
-            error.model = SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, error.history,
-                               device, adata)
+            error.model = SVAE(components, params, history=error.history, train_config=train_config, device=device,
+                               adata=adata)
         raise
-    if warm_start == "rotate":
-        history = pd.concat([dense_history.assign(stage="dense"),
-                             history.assign(epoch=history["epoch"] + n_dense, stage="sparse")], ignore_index=True)
-    return SVAE(config, nets, prior_fn, prior_sites, params, screen, train_config, history, device, adata)
+    if stages:
+        history = warm.join_histories(stages + [history])
+    return SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
 
 
-def _dense_rotated_start(config, screen, train_config, fraction, device, progress, likelihood):
-    """Fit dense Gaussian shifts for a fraction of the epochs, then rotate the latent space so
-    that the shifts are sparsest (:mod:`pyro_svae.warm_start`). Returns the rotated networks, the
-    parameters to continue from (networks and dispersion), the history and the epochs used."""
-    from .warm_start import rotate_networks, sparsest_rotation
+def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVAE:
+    """Load a model written by :meth:`SVAE.save`. A custom prior function must be passed again.
 
-    n_dense = max(1, int(round(fraction * train_config.max_epochs)))
-    dense_config = dataclasses.replace(config, prior="gaussian", prior_options={})
-    nets, dense_prior = build(dense_config, screen)
-    dense_params: dict = {}
-    with param_scope(dense_params):
-        dense_sites = inspect_prior(dense_prior, screen.n_perturbations, config.n_latent)
-    history = train(screen, nets, dense_prior, dense_sites, likelihood=likelihood,
-                    config=dataclasses.replace(train_config, max_epochs=n_dense, early_stopping=False),
-                    params=dense_params, device=device, progress=progress)
-    dense = SVAE(dense_config, nets, dense_prior, dense_sites, dense_params, screen, train_config, history, device)
-    rotation = sparsest_rotation(dense.shifts(num_samples=100).to_numpy(), seed=train_config.seed)
-    rotate_networks(nets, rotation)
-    kept = {name: value for name, value in dense_params["params"].items()
-            if name.startswith(("encoder$$$", "decoder$$$")) or name == "dispersion"}
-    params = {"params": kept, "constraints": {name: dense_params["constraints"][name] for name in kept}}
-    return nets, params, history, n_dense
+    ``adata`` becomes the model's default data; it must have the model's genes.
+    """
+    document, tensors = read(path)
+    device = resolve_device(device)
+    components, params = restore(document, tensors, prior, device)
+    model = SVAE(components, params, history=pd.DataFrame(document["history"]),
+                 train_config=TrainConfig(**document["train_config"]), device=device, adata=adata)
+    if adata is not None:
+        model._read(adata)  # the genes and labels are checked now, not at first use
+    return model

@@ -9,6 +9,7 @@ AnnData is only read, never written.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -200,6 +201,22 @@ def _labels(adata, key: str, what: str) -> pd.Series:
     return column.astype(str)
 
 
+def _with_genes(adata, gene_names: Sequence[str]):
+    genes = list(map(str, adata.var_names))
+    if genes == list(gene_names):
+        return adata
+    missing = sorted(set(gene_names) - set(genes))
+    if missing:
+        raise ValueError(f"adata.var_names lack {len(missing)} of the model's {len(gene_names)} training genes "
+                         f"(e.g. {missing[:5]}); expected the genes the model was fitted on.")
+    if len(genes) != len(gene_names):
+        extra = sorted(set(genes) - set(gene_names))
+        raise ValueError(f"adata.var_names hold {len(extra)} genes the model was not fitted on (e.g. {extra[:5]}); "
+                         "expected the training genes only: subset with adata[:, model.gene_names].")
+    warnings.warn("adata.var_names are the training genes in another order; reordering by name.", stacklevel=4)
+    return adata[:, list(gene_names)]
+
+
 def read_screen(
     adata,
     perturbation_key: str = "perturbation",
@@ -212,6 +229,7 @@ def read_screen(
     perturbation_names: Optional[Sequence[str]] = None,
     batch_names: Optional[Sequence[str]] = None,
     require_control: bool = True,
+    gene_names: Optional[Sequence[str]] = None,
 ) -> ScreenData:
     """Read and validate a screen from an AnnData.
 
@@ -229,7 +247,12 @@ def read_screen(
         labels seen in ``adata``.
     require_control : bool
         Raise if no cell carries the ``control`` label.
+    gene_names : sequence of str, optional
+        The genes a fitted model expects: ``adata`` must have them all (reordered by name, with a
+        warning, if they come in another order).
     """
+    if gene_names is not None:
+        adata = _with_genes(adata, gene_names)
     counts, library = _count_matrix(adata, layer, allow_non_integer)
     labels = _labels(adata, perturbation_key, "perturbation_key")
     if require_control and control is not None and not (labels == control).any():

@@ -16,8 +16,6 @@ instead of ``ClippedAdam`` (the same update up to where ``eps`` enters).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from typing import Optional
 
@@ -27,9 +25,10 @@ import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
+from .api import model_config
 from .data import read_screen
-from .guide import guide, inspect_prior
-from .model import model
+from .factory import Components, build, create_params, layout_of
+from .svae import SVAE
 from .train import DataOnDevice, TrainConfig, param_scope
 
 __all__ = ["fit"]
@@ -46,11 +45,10 @@ except ImportError:  # the module imports; fit() says what to install
 class SVAEModule(_LightningModule):
     """The ELBO of one fitted model as a Lightning module; parameters shared with its param store."""
 
-    def __init__(self, screen, nets, prior, prior_sites, likelihood, params: dict, config: TrainConfig,
-                 steps_per_epoch: int):
+    def __init__(self, screen, components: Components, params: dict, config: TrainConfig, steps_per_epoch: int):
         super().__init__()
-        self.screen, self.nets, self.prior, self.prior_sites = screen, nets, prior, prior_sites
-        self.likelihood, self.config, self.steps_per_epoch = likelihood, config, steps_per_epoch
+        self.screen, self.components, self.nets = screen, components, components.nets
+        self.config, self.steps_per_epoch = config, steps_per_epoch
         self.names = sorted(name for name in params["params"] if "$$$" not in name)  # the prior's and dispersion
         self.globals = torch.nn.ParameterList([torch.nn.Parameter(params["params"][n].detach().clone())
                                                for n in self.names])
@@ -78,11 +76,8 @@ class SVAEModule(_LightningModule):
         step = self.global_step
         warmup = self.config.kl_warmup_epochs * self.steps_per_epoch
         kl_weight = min(1.0, (step + 1) / warmup) if warmup else 1.0
-        static = dict(nets=self.nets, prior=self.prior, n_perturbations=self.screen.n_perturbations,
-                      likelihood=self.likelihood)
         loss = TraceMeanField_ELBO().differentiable_loss(
-            functools.partial(model, **static), functools.partial(guide, prior_sites=self.prior_sites, **static),
-            n_cells=self.screen.n_cells, cell_index=torch.as_tensor(index, device=self.device), kl_weight=kl_weight,
+            *self.components.functions(), n_cells=self.screen.n_cells, cell_index=torch.as_tensor(index, device=self.device), kl_weight=kl_weight,
             **self._data.minibatch(index))
         self.log("loss", loss.detach() / self.screen.n_cells, on_step=False, on_epoch=True, sync_dist=True)
         return loss
@@ -94,7 +89,7 @@ class SVAEModule(_LightningModule):
         self.rank_spread.fill_(float((gathered - gathered[0]).abs().max()))
 
     def configure_optimizers(self):
-        prior_names = {f"{s.name}_{suffix}" for s in self.prior_sites for suffix in ("logits", "map", "loc", "scale")}
+        prior_names = {name for site in self.components.sites for name in site.params.values()}
         prior = [p for n, p in zip(self.names, self.globals) if n in prior_names]
         rest = [p for n, p in zip(self.names, self.globals) if n not in prior_names] + list(self.nets.parameters())
         return torch.optim.Adam([{"params": rest, "lr": self.config.lr},
@@ -120,10 +115,6 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
     """
     if pl is None:
         raise ImportError("Distributed training needs PyTorch Lightning: pip install 'pyro_svae[distributed]'.")
-    from .api import model_config
-    from .persistence import _create_params, build
-    from .result import SVAE
-
     config, prior = model_config(perturbation_key, control, **options)
     screen = read_screen(adata, config.perturbation_key, config.control, layer=config.layer,
                          batch_key=config.batch_key, separator=config.separator,
@@ -132,15 +123,13 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
     train_config = TrainConfig(batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr,
                                kl_warmup_epochs=warmup, validation_fraction=0.0, early_stopping=False, seed=seed)
     pyro.set_rng_seed(seed)
-    nets, prior = build(config, screen, prior)
+    components = build(config, layout_of(screen), prior)
     params: dict = {}
     with param_scope(params):
-        prior_sites = inspect_prior(prior, screen.n_perturbations, config.n_latent)
-        result = SVAE(config, nets, prior, prior_sites, params, screen, train_config, pd.DataFrame(), "cpu", adata)
-        _create_params(result, screen.n_batches)
+        create_params(components, "cpu")
     world = devices * num_nodes if isinstance(devices, int) else len(devices) * num_nodes
     steps_per_epoch = math.ceil(screen.n_cells / (batch_size * world))
-    module = SVAEModule(screen, nets, prior, prior_sites, config.likelihood, params, train_config, steps_per_epoch)
+    module = SVAEModule(screen, components, params, train_config, steps_per_epoch)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          max_epochs=max_epochs, gradient_clip_val=train_config.clip_norm,
                          gradient_clip_algorithm="value", logger=False, enable_checkpointing=False,
@@ -152,7 +141,8 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
             params["params"][name].copy_(value)
     history = pd.DataFrame({"epoch": np.arange(max_epochs), "loss": module.epoch_loss.numpy()})
     history["train_elbo"], history["validation_elbo"] = -history["loss"], np.nan
-    out = SVAE(dataclasses.replace(config), module.nets, prior, prior_sites, params, screen, train_config,
-               history[["epoch", "train_elbo", "validation_elbo", "loss"]], "cpu", adata)
+    components.nets = module.nets  # trained in place, or brought back from rank 0
+    out = SVAE(components, params, history=history[["epoch", "train_elbo", "validation_elbo", "loss"]],
+               train_config=train_config, device="cpu", adata=adata)
     out.rank_parameter_spread = float(module.rank_spread)
     return out

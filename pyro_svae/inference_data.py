@@ -9,45 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pyro import poutine
 
-from .guide import base_distribution, prior_guide
-from .predictive import posterior_predictive, positions
-from .priors import ShiftMoments
-from .train import param_scope
+from .heldout import MAX_ELEMENTS, log_prior_z
+from .likelihoods import count_distribution, dispersion_param
+from .posterior import GlobalDraws, draw_globals
+from .predictive import posterior_predictive
+from .train import DataOnDevice
 
-__all__ = ["global_samples", "from_dict", "to_arviz"]
-
-
-def global_samples(svae, num_samples: int) -> dict:
-    """Guide draws of the prior's sites, with the effective shifts they imply.
-
-    Returns
-    -------
-    dict of numpy arrays
-        One entry per prior site ``[num_samples, *site.shape]``; ``delta`` ``[S, P, K]``, the
-        effective shift (its mean over the mask where the prior integrates the mask out); and
-        ``inclusion`` ``[S, P, K]``, the probability that each latent is a target, where the prior
-        reports it (``ShiftMoments.inclusion`` or a ``mask`` site).
-    """
-    shape = (len(svae.perturbation_names), svae.config.n_latent)
-    draws: dict = {}
-    with param_scope(svae.params), torch.no_grad():
-        for _ in range(num_samples):
-            guide_trace = poutine.trace(prior_guide).get_trace(svae.prior_sites, svae.prior, shape, svae.device)
-            delta = poutine.replay(svae.prior, trace=guide_trace)(*shape)
-            values = {site.name: guide_trace.nodes[site.name]["value"] for site in svae.prior_sites}
-            if isinstance(delta, ShiftMoments):  # masks integrated out
-                if delta.inclusion is not None:
-                    values["inclusion"] = delta.inclusion
-                delta = delta.mean
-            elif "mask" in guide_trace.nodes:
-                # Bernoulli and relaxed Bernoulli alike: P(mask > 1/2) = probs (Rao-Blackwellised)
-                values["inclusion"] = base_distribution(guide_trace.nodes["mask"]["fn"]).probs
-            values["delta"] = delta
-            for name, value in values.items():
-                draws.setdefault(name, []).append(torch.as_tensor(value).detach().cpu().numpy())
-    return {name: np.stack(values) for name, values in draws.items()}
+__all__ = ["from_dict", "to_arviz"]
 
 
 def from_dict(groups: dict, coords: dict, dims: dict):
@@ -59,33 +28,75 @@ def from_dict(groups: dict, coords: dict, dims: dict):
     return az.from_dict(**groups, coords=coords, dims=dims)
 
 
-def to_arviz(svae, adata=None, num_samples: int = 100, genes=None, cells=None, batch_size: int = 1024):
-    """See :meth:`pyro_svae.SVAE.to_arviz`."""
-    adata = svae.adata if adata is None else adata
-    if adata is None:
-        raise ValueError("No AnnData given and none kept from training (a loaded model): pass adata.")
-    screen = svae._read(adata)
-    cell_pos = positions(cells, screen.cell_names, "cells")
-    gene_pos = positions(genes, svae.gene_names, "genes")
-    replicated = posterior_predictive(svae, adata, num_samples, genes=gene_pos, cells=cell_pos, batch_size=batch_size,
-                                      log_likelihood=True, return_latents=True, screen=screen)
+def _log_likelihood(components, screen, device, draws, cells: np.ndarray, n_importance: int,
+                    batch_size: int) -> np.ndarray:
+    """``log p(x_i | g_s)`` ``[S, C]`` per global draw ``s``, ``z_i`` integrated out by importance
+    sampling from the encoder: ``log (1/J) sum_j p(x_i | z_j) p(z_j | g_s) / q(z_j | x_i)``.
+
+    The same ``J`` latents serve every draw (common random numbers: the draws' values differ by
+    the prior term alone, not by independent importance-sampling noise), and the decoder, a point
+    estimate, is evaluated once per latent."""
+    data = DataOnDevice(screen, device)
+    dispersion = dispersion_param(components.likelihood, components.nets.n_genes)
+    out = np.empty((draws.n_draws, len(cells)), np.float64)
+    size = max(1, min(batch_size, MAX_ELEMENTS // max(1, n_importance * screen.n_genes)))
+    for start in range(0, len(cells), size):
+        chunk = np.arange(start, min(start + size, len(cells)))
+        batch = data.minibatch(cells[chunk])
+        loc, scale = components.nets.encoder(batch["counts"], batch["batch"])
+        q = torch.distributions.Normal(loc, scale)
+        z = q.sample((n_importance,))  # [J, B, K]
+        counts = count_distribution(components.nets.decoder, components.likelihood, z, batch["batch"],
+                                    batch["library"], dispersion)
+        log_weight = counts.log_prob(batch["counts"]).sum(-1) - q.log_prob(z).sum(-1)  # [J, B]
+        for s in range(draws.n_draws):
+            one = GlobalDraws({}, *(None if t is None else t[s:s + 1].expand((n_importance,) + t.shape[1:])
+                                    for t in draws[1:]))
+            log_prior = log_prior_z(z, one, batch["perturbations"])  # [J, B]
+            out[s, chunk] = (torch.logsumexp(log_weight + log_prior, 0) - np.log(n_importance)).double().cpu().numpy()
+    return out
+
+
+def to_arviz(components, screen, labels: np.ndarray, device, num_samples: int = 100, genes=None, cells=None,
+             batch_size: int = 1024, log_likelihood: bool = False, n_importance: int = 100):
+    """See :meth:`pyro_svae.SVAE.to_arviz` (inside the model's param scope; ``labels`` per cell of ``screen``).
+
+    Groups: ``posterior`` (every prior site, ``delta`` the effective shifts and ``inclusion``
+    where the prior has one, dims ``(perturbation, latent)``; ``z`` dims ``(cell, latent)``),
+    ``posterior_predictive`` and ``observed_data`` (``counts``, dims ``(cell, gene)``),
+    ``constant_data`` (``perturbation_label`` and ``library_size`` per cell). One chain of
+    ``num_samples`` guide draws. With ``log_likelihood=True``, ``log_likelihood`` (``counts``,
+    dims ``(cell,)``): ``log p(x_i | g_s)`` for each draw ``s`` of the global sites, the cell's
+    latent integrated out by importance sampling (``n_importance`` latents shared by the draws), so that ``az.loo``
+    leaves out cells given the prior's sites. The networks are point estimates: it ranks models
+    by how well their priors and networks predict held-out cells, not by a full posterior.
+    """
+    replicated = posterior_predictive(components, screen, device, num_samples, genes, cells, batch_size)
+    cell_pos, gene_pos = replicated["cells"], replicated["genes"]
     observed = screen.counts[cell_pos][:, gene_pos]
     observed = np.asarray(observed.toarray() if hasattr(observed, "toarray") else observed)
-    labels = adata.obs[svae.config.perturbation_key].astype(str).to_numpy()[cell_pos]
-    shape = (len(svae.perturbation_names), svae.config.n_latent)
-    posterior = {name: value[None] for name, value in global_samples(svae, num_samples).items()}
+    shape = (components.n_perturbations, components.config.n_latent)
+    draws = draw_globals(components, num_samples, device)
+    posterior = {name: value.cpu().numpy()[None] for name, value in draws.sites.items()}
+    posterior["delta"] = draws.delta.cpu().numpy()[None]
+    if draws.inclusion is not None:
+        posterior["inclusion"] = draws.inclusion.cpu().numpy()[None]
     posterior["z"] = replicated["z"][None]
     dims = {name: ["perturbation", "latent"] for name, value in posterior.items() if value.shape[2:] == shape}
     dims.update(z=["cell", "latent"], counts=["cell", "gene"], perturbation_label=["cell"], library_size=["cell"])
     groups = {
         "posterior": posterior,
         "posterior_predictive": {"counts": replicated["counts"][None]},
-        "log_likelihood": {"counts": replicated["log_likelihood"][None]},
         "observed_data": {"counts": observed},
-        "constant_data": {"perturbation_label": labels, "library_size": screen.library[cell_pos]},
+        "constant_data": {"perturbation_label": np.asarray(labels)[cell_pos], "library_size": screen.library[cell_pos]},
     }
-    coords = {"perturbation": list(svae.perturbation_names), "latent": np.arange(svae.config.n_latent),
-              "cell": np.asarray(screen.cell_names)[cell_pos], "gene": np.asarray(svae.gene_names)[gene_pos]}
+    coords = {"perturbation": list(components.layout.perturbations), "latent": np.arange(components.config.n_latent),
+              "cell": np.asarray(screen.cell_names)[cell_pos], "gene": np.asarray(components.layout.genes)[gene_pos]}
+    if not log_likelihood:
+        return from_dict(groups, coords, dims)
+    with torch.no_grad():
+        groups["log_likelihood"] = {"counts": _log_likelihood(components, screen, device, draws, cell_pos, n_importance,
+                                                              batch_size)[None]}
     dims["log_likelihood_counts"] = ["cell"]
     return _with_log_likelihood_dims(groups, coords, dims)
 

@@ -8,15 +8,14 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from torch.distributions import constraints
 
+from .likelihoods import count_distribution, dispersion_param, get_likelihood
 from .nets import Networks
-from .priors import ShiftMoments
+from .priors import ShiftMoments, prior_scope
 
-__all__ = ["CELLS_DIM", "LIKELIHOODS", "model", "cell_shifts", "count_distribution"]
+__all__ = ["CELLS_DIM", "model", "cell_shifts", "call_prior"]
 
 CELLS_DIM = -1
-LIKELIHOODS = ("nb", "zinb", "poisson")
 
 
 def cell_shifts(delta: torch.Tensor, perturbations: torch.Tensor) -> torch.Tensor:
@@ -30,19 +29,10 @@ def cell_shifts(delta: torch.Tensor, perturbations: torch.Tensor) -> torch.Tenso
     return padded[..., perturbations, :].sum(-2)
 
 
-def count_distribution(log_proportions, gate_logits, library, dispersion, likelihood: str):
-    """The count distribution of each cell and gene: ``batch_shape [..., n_cells, n_genes]``.
-
-    The mean is ``library * softmax(decoder(z))``; ``dispersion`` is the negative binomial's
-    inverse overdispersion ``theta`` (variance ``mu + mu^2 / theta``).
-    """
-    log_mean = torch.log(library).unsqueeze(-1) + log_proportions
-    if likelihood == "poisson":
-        return dist.Poisson(log_mean.exp())
-    logits = log_mean - torch.log(dispersion)
-    if likelihood == "nb":
-        return dist.NegativeBinomial(total_count=dispersion, logits=logits)
-    return dist.ZeroInflatedNegativeBinomial(total_count=dispersion, logits=logits, gate_logits=gate_logits)
+def call_prior(prior: Callable, n_perturbations: int, n_latent: int, device=None):
+    """Call ``prior(P, K)`` as the model does (its plates made once, tensors on ``device``)."""
+    with prior_scope(device):
+        return prior(n_perturbations, n_latent)
 
 
 def model(
@@ -78,6 +68,8 @@ def model(
         Batch index of each cell.
     counts : Tensor ``[B, G]``, optional
         Observed counts; ``None`` samples them (simulation, posterior predictive).
+    likelihood : str
+        A name in :data:`pyro_svae.likelihoods.LIKELIHOODS`.
     n_cells, cell_index :
         Size of the full data set and the indices of this minibatch, so that the local terms are
         scaled by ``n_cells / B``. Default: the minibatch is the whole data set.
@@ -91,18 +83,15 @@ def model(
     ``z`` is scored against the mean shift and the factor ``shift_variance`` adds
     ``-variance / 2`` per cell and latent, which makes ``E_mask[log p(z | delta)]`` exact.
     """
-    n_latent = nets.n_latent
+    count_likelihood = get_likelihood(likelihood)
     with poutine.scale(scale=kl_weight):
-        delta = prior(n_perturbations, n_latent)  # [P, K] or ShiftMoments of [P, K]
+        delta = call_prior(prior, n_perturbations, nets.n_latent, library.device)  # [P, K] or ShiftMoments
     variance = None
     if isinstance(delta, ShiftMoments):
         delta, variance = delta.mean, delta.variance.to(library.device)
-    delta = delta.to(library.device)  # a prior may build constants (e.g. zeros) on the CPU
+    delta = delta.to(library.device)
     pyro.module("decoder", nets.decoder)
-    dispersion = None
-    if likelihood != "poisson":
-        dispersion = pyro.param("dispersion", lambda: torch.full((nets.n_genes,), 5.0, device=library.device),
-                                constraint=constraints.positive)  # [G]
+    dispersion = dispersion_param(count_likelihood, nets.n_genes, library.device)  # [G] or None
     n_batch = library.shape[0]
     with pyro.plate("cells", n_cells or n_batch, subsample=cell_index, dim=CELLS_DIM):
         loc = cell_shifts(delta, perturbations)  # [B, K]
@@ -110,7 +99,5 @@ def model(
             z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))  # [B, K]
             if variance is not None:
                 pyro.factor("shift_variance", -0.5 * cell_shifts(variance, perturbations).sum(-1))  # [B]
-        log_proportions, gate_logits = nets.decoder(z, batch)
-        library = library.clamp(min=1.0)
-        likelihood_dist = count_distribution(log_proportions, gate_logits, library, dispersion, likelihood)
-        return pyro.sample("counts", likelihood_dist.to_event(1), obs=counts)  # [B, G]
+        counts_dist = count_distribution(nets.decoder, count_likelihood, z, batch, library, dispersion)
+        return pyro.sample("counts", counts_dist.to_event(1), obs=counts)  # [B, G]

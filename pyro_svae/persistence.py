@@ -1,5 +1,10 @@
-"""Persistence: a fitted model as ``config.json`` and ``params.pt``, and building a model's
-networks, prior and parameters from its configuration."""
+"""Persistence: a fitted model as ``config.json`` (configuration, layout, history) and ``params.pt``
+(tensors only), and reading it back into parameters that fit a freshly built model.
+
+Format 2 (pyro_svae 0.2) names guide parameters ``PriorGuide.<role>.<site>``; files of format 1
+(0.1) are read with their parameter names mapped, their ``spike_and_slab`` read as
+:func:`~pyro_svae.priors.beta_spike_and_slab` (the 0.1 prior).
+"""
 
 from __future__ import annotations
 
@@ -8,67 +13,70 @@ import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .data import ScreenData
-from .guide import inspect_prior
-from .nets import Networks
-from .priors import resolve_prior
-from .result import SVAE, SVAEConfig
-from .train import TrainConfig, local_elbo, param_scope
+from .factory import Components, Layout, SVAEConfig, build, create_params
+from .train import TrainConfig, param_scope
 
-__all__ = ["save", "load", "build"]
+__all__ = ["FORMAT", "save", "read", "restore"]
 
 #: Version of the file layout written by :func:`save`.
-FORMAT = 1
+FORMAT = 2
+#: 0.1 parameter suffixes -> role in the PriorGuide namespace
+_FORMAT1_ROLES = {"logits": "logits", "map": "values", "loc": "locs", "scale": "scales"}
 
 
-def save(svae: SVAE, path, overwrite: bool = False) -> None:
-    """Write ``svae`` to directory ``path``: ``config.json`` and ``params.pt`` (tensors only).
-
-    ``params.pt`` is read back with ``torch.load(weights_only=True)``, which cannot run code;
-    its SHA-256 is kept in ``config.json`` so a tampered or truncated file is refused.
-    """
+def save(path, components: Components, params: dict, train_config: TrainConfig, history: pd.DataFrame,
+         overwrite: bool = False) -> None:
+    """Write a model to directory ``path`` (see :meth:`pyro_svae.SVAE.save`)."""
     from . import __version__
 
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it.")
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {name: value.detach().cpu().contiguous() for name, value in svae.params["params"].items()}
+    tensors = {name: value.detach().cpu().contiguous() for name, value in params["params"].items()}
     torch.save(tensors, path / "params.pt")
     digest = hashlib.sha256((path / "params.pt").read_bytes()).hexdigest()
+    layout = components.layout
     document = {
-        "format": FORMAT, "version": __version__, "config": asdict(svae.config),
-        "train_config": asdict(svae.train_config), "gene_names": list(svae.gene_names),
-        "perturbation_names": list(svae.perturbation_names),
-        "batch_names": None if svae.batch_names is None else list(svae.batch_names),
-        "history": svae.history.to_dict(orient="list"), "params_sha256": digest,
+        "format": FORMAT, "version": __version__, "config": asdict(components.config),
+        "train_config": asdict(train_config), "gene_names": list(layout.genes),
+        "perturbation_names": list(layout.perturbations),
+        "batch_names": None if layout.batches is None else list(layout.batches),
+        "cells_per_perturbation": list(layout.cells_per_perturbation),
+        "history": history.to_dict(orient="list"), "params_sha256": digest,
     }
-    (path / "config.json").write_text(json.dumps(document, indent=1))
-
-def build(config: SVAEConfig, screen: ScreenData, prior: Optional[Callable] = None):
-    """Networks, prior function and prior sites for ``config`` on ``screen`` (parameters not created)."""
-    from .priors import PRIORS
-
-    if prior is None:
-        if config.prior not in PRIORS:
-            raise ValueError(f"This model uses the custom prior {config.prior!r}: pass it again, load(path, prior=fn).")
-        prior = config.prior
-    prior = resolve_prior(prior, **config.prior_options)
-    nets = Networks(screen.n_genes, config.n_latent, config.n_hidden, config.n_layers, screen.n_batches,
-                    zero_inflated=config.likelihood == "zinb")
-    return nets, prior
+    (path / "config.json").write_text(json.dumps(document, indent=1, default=str))
 
 
-def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVAE:
-    """Load a model written by :meth:`SVAE.save`. A custom prior function must be passed again."""
+def _version_tuple(version: str):
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("+")[0].split("."))
+
+
+def _from_format1(document: dict, tensors: dict):
+    """A 0.1 document and tensors in the names of format 2."""
+    config = dict(document["config"])
+    if config["prior"] == "spike_and_slab":
+        config["prior"] = "beta_spike_and_slab"
+    elif config["prior"] == "relaxed_bernoulli":
+        raise ValueError("This model was saved by pyro_svae 0.1 with prior='relaxed_bernoulli', whose form has "
+                         "changed (its sparsity now scales with the cells): fit it again.")
+    mapped = {}
+    for name, value in tensors.items():
+        site, _, suffix = name.rpartition("_")
+        if not name.startswith(("encoder$$$", "decoder$$$")) and name != "dispersion" and suffix in _FORMAT1_ROLES:
+            name = f"PriorGuide.{_FORMAT1_ROLES[suffix]}.{site}"
+        mapped[name] = value
+    document = {**document, "config": config, "cells_per_perturbation": [0] * len(document["perturbation_names"])}
+    return document, mapped
+
+
+def read(path):
+    """The document and tensors of a saved model, checked and in the current format."""
     from . import __version__
-    from .train import resolve_device
 
     path = Path(path)
     config_file, params_file = path / "config.json", path / "params.pt"
@@ -82,47 +90,31 @@ def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVA
     if hashlib.sha256(params_file.read_bytes()).hexdigest() != document.get("params_sha256"):
         raise ValueError(f"{params_file} does not match the checksum in config.json: it was modified or truncated.")
     if _version_tuple(document.get("version", "0")) > _version_tuple(__version__):
-        warnings.warn(f"The model was saved by pyro_svae {document['version']}, newer than this {__version__}.", stacklevel=2)
+        warnings.warn(f"The model was saved by pyro_svae {document['version']}, newer than this {__version__}.", stacklevel=3)
     tensors = torch.load(params_file, map_location="cpu", weights_only=True)
+    if document.get("format", 1) == 1:
+        document, tensors = _from_format1(document, tensors)
+    return document, tensors
+
+
+def restore(document: dict, tensors: dict, prior=None, device="cpu"):
+    """Build the model of ``document`` and fill its parameters: ``(components, params)``."""
     config = SVAEConfig(**document["config"])
-    screen = ScreenData(counts=np.zeros((1, len(document["gene_names"])), np.float32),
-                        perturbations=np.zeros((1, 1), np.int64), batch=None, library=np.ones(1, np.float32),
-                        gene_names=tuple(document["gene_names"]), perturbation_names=tuple(document["perturbation_names"]),
-                        batch_names=None if document["batch_names"] is None else tuple(document["batch_names"]),
-                        cell_names=("",))
-    device = resolve_device(device)
-    nets, prior_fn = build(config, screen, prior)
-    nets.to(device)
+    layout = Layout(tuple(document["gene_names"]), tuple(document["perturbation_names"]),
+                    None if document["batch_names"] is None else tuple(document["batch_names"]),
+                    tuple(document["cells_per_perturbation"]))
+    components = build(config, layout, prior)
+    components.nets.to(device)
     params: dict = {}
-    with param_scope(params) as store:
-        prior_sites = inspect_prior(prior_fn, screen.n_perturbations, config.n_latent)
-        result = SVAE(config, nets, prior_fn, prior_sites, params, screen, TrainConfig(**document["train_config"]),
-                      pd.DataFrame(document["history"]), device, adata)
-        _create_params(result, screen.n_batches)
+    with param_scope(params) as store, torch.no_grad():
+        create_params(components, device)
         expected = set(store.keys())
         if expected != set(tensors):
-            raise ValueError(f"{params_file} holds parameters {sorted(set(tensors) ^ expected)[:5]} that do not fit this model.")
-        with torch.no_grad():
-            for name, value in store.get_state()["params"].items():
-                if value.shape != tensors[name].shape:
-                    raise ValueError(f"Parameter {name!r} has shape {tuple(tensors[name].shape)} in the file, "
-                                     f"expected {tuple(value.shape)}.")
-                value.copy_(tensors[name].to(device))
-    return result
-
-
-def _create_params(result: SVAE, n_batches: int) -> None:
-    """Run model and guide once on a dummy cell so that every parameter exists in the store."""
-    model_fn, guide_fn = result._functions()
-    device = result.device
-    dummy = {"library": torch.ones(1, device=device),
-             "perturbations": torch.zeros(1, 1, dtype=torch.long, device=device),
-             "batch": torch.zeros(1, dtype=torch.long, device=device) if n_batches else None,
-             "counts": torch.zeros(1, len(result.gene_names), device=device)}
-    local_elbo(model_fn, guide_fn, dummy)
-
-
-
-
-def _version_tuple(version: str):
-    return tuple(int(p) if p.isdigit() else 0 for p in version.split("+")[0].split("."))
+            raise ValueError(f"The file holds parameters {sorted(set(tensors) ^ expected)[:5]} that do not fit this "
+                             "model (another prior or prior options?).")
+        for name, value in store.get_state()["params"].items():
+            if value.shape != tensors[name].shape:
+                raise ValueError(f"Parameter {name!r} has shape {tuple(tensors[name].shape)} in the file, "
+                                 f"expected {tuple(value.shape)}.")
+            value.copy_(tensors[name].to(device))
+    return components, params

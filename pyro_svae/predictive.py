@@ -13,10 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from pyro import poutine
 from pyro.infer import Predictive
 
-from .train import DataOnDevice, param_scope
+from .train import DataOnDevice
 
 __all__ = ["posterior_predictive", "ppc_summary", "STATISTICS", "positions"]
 
@@ -59,60 +58,42 @@ def _cell_chunks(n_cells: int, num_samples: int, n_genes: int, batch_size: int):
     return [np.arange(start, min(start + size, n_cells)) for start in range(0, n_cells, size)]
 
 
-def _replicates(svae, screen, cells: np.ndarray, num_samples: int, batch_size: int, log_likelihood: bool):
-    """Yield ``(minibatch, z [S, B, K], counts [S, B, G], log p(x | z) [S, B] or None)`` per minibatch."""
-    model_fn, guide_fn = svae._functions()
+def _replicates(components, screen, device, cells: np.ndarray, num_samples: int, batch_size: int):
+    """Yield ``(minibatch positions, z [S, B, K], counts [S, B, G])`` (inside the model's param scope)."""
+    model_fn, guide_fn = components.functions()
 
     def replicate(**batch):  # the model with its observation left free: it samples the counts
         return model_fn(**{**batch, "counts": None})
 
     predictive = Predictive(replicate, guide=guide_fn, num_samples=num_samples, return_sites=("z", "counts"))
-    data = DataOnDevice(screen, svae.device)
-    with param_scope(svae.params), torch.no_grad():
+    data = DataOnDevice(screen, device)
+    with torch.no_grad():
         for chunk in _cell_chunks(len(cells), num_samples, screen.n_genes, batch_size):
-            batch = data.minibatch(cells[chunk])
-            draws = predictive(**batch)
+            draws = predictive(**data.minibatch(cells[chunk]))
             # Predictive pads sites to the model's plate nesting ([S, 1, B, ...]): drop the padding
             n = len(chunk)
-            z, counts = draws["z"].reshape(num_samples, n, -1), draws["counts"].reshape(num_samples, n, -1)
-            log_lik = None
-            if log_likelihood:  # log p(x_i | z_i) per draw: the observed counts scored by the model
-                log_lik = torch.stack([_log_likelihood(model_fn, z_s, batch) for z_s in z])
-            yield chunk, z, counts, log_lik
+            yield chunk, draws["z"].reshape(num_samples, n, -1), draws["counts"].reshape(num_samples, n, -1)
 
 
-def _log_likelihood(model_fn, z: torch.Tensor, batch: dict) -> torch.Tensor:
-    trace = poutine.trace(poutine.condition(model_fn, data={"z": z})).get_trace(**batch)
-    return trace.nodes["counts"]["fn"].log_prob(batch["counts"])  # [B]
+def posterior_predictive(components, screen, device, num_samples: int = 100, genes=None, cells=None,
+                         batch_size: int = 1024) -> dict:
+    """Replicated counts of the selected cells and genes (inside the model's param scope).
 
-
-def posterior_predictive(svae, adata=None, num_samples: int = 100, genes=None, cells=None, batch_size: int = 1024,
-                         log_likelihood: bool = False, return_latents: bool = False, screen=None):
-    """Replicated counts ``[num_samples, n_cells, n_genes]`` (int32) for the selected cells and genes.
-
-    See :meth:`pyro_svae.SVAE.posterior_predictive`. With ``log_likelihood`` or
-    ``return_latents`` a dict ``{"counts", "log_likelihood" [S, C], "z" [S, C, K]}``. ``screen``:
-    ``adata`` already read by ``svae._read`` (callers that need it too read it once).
+    See :meth:`pyro_svae.SVAE.posterior_predictive`. Returns a dict: ``counts``
+    ``[num_samples, n_cells, n_genes]`` int32, ``z`` ``[num_samples, n_cells, K]`` float32, and the
+    positions ``cells`` and ``genes`` selected.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, but got {num_samples}.")
-    if screen is None:
-        screen = svae._read(svae.adata if adata is None else adata)
     cell_pos = positions(cells, screen.cell_names, "cells")
-    gene_pos = positions(genes, svae.gene_names, "genes")
+    gene_pos = positions(genes, components.layout.genes, "genes")
     counts = np.empty((num_samples, len(cell_pos), len(gene_pos)), dtype=np.int32)
-    log_lik = np.empty((num_samples, len(cell_pos)), np.float64) if log_likelihood else None
-    latents = np.empty((num_samples, len(cell_pos), svae.config.n_latent), np.float32) if return_latents else None
-    gene_index = torch.as_tensor(gene_pos, device=svae.device)
-    for chunk, z, replicated, ll in _replicates(svae, screen, cell_pos, num_samples, batch_size, log_likelihood):
+    latents = np.empty((num_samples, len(cell_pos), components.config.n_latent), np.float32)
+    gene_index = torch.as_tensor(gene_pos, device=device)
+    for chunk, z, replicated in _replicates(components, screen, device, cell_pos, num_samples, batch_size):
         counts[:, chunk] = replicated.index_select(-1, gene_index).round().cpu().numpy().astype(np.int32)
-        if log_likelihood:
-            log_lik[:, chunk] = ll.cpu().numpy()
-        if return_latents:
-            latents[:, chunk] = z.cpu().numpy()
-    if not (log_likelihood or return_latents):
-        return counts
-    return {"counts": counts, "log_likelihood": log_lik, "z": latents}
+        latents[:, chunk] = z.cpu().numpy()
+    return {"counts": counts, "z": latents, "cells": cell_pos, "genes": gene_pos}
 
 
 def _interval(observed: np.ndarray, replicated: np.ndarray, interval: float) -> dict:

@@ -11,8 +11,12 @@ written once. Use :func:`plates` for the two plates so site shapes line up::
             shift = pyro.sample("shift", dist.StudentT(3.0, 0.0, 2.0))  # [P, K]
         return mask * shift
 
-A site may ask for a point estimate instead of a distribution with
-``infer={"guide": "delta"}`` (MAP, as for the inclusion probabilities of :func:`spike_and_slab`).
+:func:`latents_plate` and :func:`perturbations_plate` give each plate alone (a per-latent scale
+next to the pair, say): within one call of the prior they return the same plate objects as
+:func:`plates`. A prior that takes a keyword argument ``n_cells`` receives the number of
+training cells of each perturbation (a ``[P]`` tensor), to scale its sparsity to the data.
+A site may ask for a point estimate with ``infer={"guide": "delta"}`` (MAP) or for the prior's own
+conditional with ``infer={"guide": "prior"}``.
 """
 
 from __future__ import annotations
@@ -20,30 +24,27 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 from typing import Callable, NamedTuple, Optional, Union
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+
+from .distributions import InclusionProbability
 
 __all__ = [
-    "ShiftMoments",
-    "PERTURBATIONS_DIM",
-    "LATENTS_DIM",
-    "plates",
-    "spike_and_slab",
-    "relaxed_bernoulli",
-    "gaussian",
-    "laplace",
-    "horseshoe",
-    "none",
-    "PRIORS",
-    "resolve_prior",
-    "prior_name",
+    "ShiftMoments", "PERTURBATIONS_DIM", "LATENTS_DIM", "plates", "perturbations_plate", "latents_plate",
+    "prior_scope", "inclusion_logits", "spike_and_slab", "beta_spike_and_slab", "relaxed_bernoulli", "gaussian",
+    "laplace", "horseshoe", "none", "PRIORS", "resolve_prior", "prior_name", "MIN_SHIFT",
 ]
 
 PERTURBATIONS_DIM = -2
 LATENTS_DIM = -1
+#: Default smallest shift (in units of the cells' within-perturbation SD) that counts as a target.
+MIN_SHIFT = 0.5
 
 
 class ShiftMoments(NamedTuple):
@@ -64,73 +65,158 @@ class ShiftMoments(NamedTuple):
     inclusion: Optional[torch.Tensor] = None
 
 
+_SCOPES: list = []  # the plates of the prior calls in progress, innermost last
+
+
+@contextlib.contextmanager
+def prior_scope(device=None):
+    """Inside, :func:`plates`, :func:`perturbations_plate` and :func:`latents_plate` hand out one
+    plate object per name, created on first use: a prior can enter a plate several times.
+
+    The model and guide call the prior inside one; a prior called on its own gets fresh plates.
+    On a ``device`` other than the CPU, tensors the prior creates (``torch.zeros``,
+    ``torch.as_tensor``...) are created there.
+    """
+    _SCOPES.append({})
+    on_device = torch.device(device) if device is not None and torch.device(device).type != "cpu" else contextlib.nullcontext()
+    try:
+        with on_device:
+            yield
+    finally:
+        _SCOPES.pop()
+
+
+def _plate(name: str, size: int, dim: int) -> pyro.plate:
+    if not _SCOPES:
+        return pyro.plate(name, size, dim=dim)
+    scope = _SCOPES[-1]
+    if name not in scope:
+        scope[name] = pyro.plate(name, size, dim=dim)
+    plate = scope[name]
+    if plate.size != size:
+        raise ValueError(f"The {name!r} plate has size {plate.size} in this call of the prior, but got {size}.")
+    return plate
+
+
+def perturbations_plate(n_perturbations: int) -> pyro.plate:
+    """The ``perturbations`` plate (dim -2): sites inside are per perturbation."""
+    return _plate("perturbations", n_perturbations, PERTURBATIONS_DIM)
+
+
+def latents_plate(n_latent: int) -> pyro.plate:
+    """The ``latents`` plate (dim -1)."""
+    return _plate("latents", n_latent, LATENTS_DIM)
+
+
 @contextlib.contextmanager
 def plates(n_perturbations: int, n_latent: int):
     """The ``perturbations`` x ``latents`` plates: sites inside have shape ``[P, K]``."""
-    with pyro.plate("perturbations", n_perturbations, dim=PERTURBATIONS_DIM):
-        with pyro.plate("latents", n_latent, dim=LATENTS_DIM):
-            yield
+    with perturbations_plate(n_perturbations), latents_plate(n_latent):
+        yield
 
 
-def spike_and_slab(n_perturbations: int, n_latent: int, *, sparsity: float = 50.0, slab_scale: float = 5.0,
-                   collapsed: bool = True):
-    """Spike-and-slab shifts, the paper's sVAE+ prior.
+def inclusion_logits(n_perturbations: int, n_latent: int, n_cells=None, min_shift: float = MIN_SHIFT,
+                     prior_inclusion: Optional[float] = None) -> torch.Tensor:
+    """Prior log-odds that latent ``k`` is a target of perturbation ``p``: ``[P, K]``.
+
+    ``logit(prior_inclusion) - n_cells[p] * min_shift**2 / 2``. A shift ``s`` seen in ``n`` cells
+    of unit variance brings ``n s^2 / 2`` nats of evidence, so these odds make a target of any
+    shift larger than ``min_shift``, and of none smaller, whatever the number of cells: the
+    sparsity is scaled to the data. Without it (``n_cells=None``, or a fixed per-entry prior),
+    evidence grows with the cells and a screen of thousands of cells turns on every small shift,
+    which lets a fit keep its latent axes rotated (a rotation only costs sparsity). ``prior_inclusion``
+    (default ``1 / n_latent``, one target per perturbation) matters only for a few cells.
+    """
+    p0 = 1.0 / n_latent if prior_inclusion is None else float(prior_inclusion)
+    if not 0.0 < p0 < 1.0:
+        raise ValueError(f"Expected prior_inclusion in (0, 1), but got {prior_inclusion!r}.")
+    logits = torch.full((n_perturbations, 1), math.log(p0) - math.log1p(-p0))
+    if n_cells is not None:
+        cells = torch.as_tensor(n_cells, dtype=logits.dtype).reshape(-1, 1)
+        if cells.shape[0] != n_perturbations:
+            raise ValueError(f"Expected n_cells for {n_perturbations} perturbations, but got {cells.shape[0]}.")
+        logits = logits - cells * min_shift**2 / 2
+    return logits.expand(n_perturbations, n_latent)
+
+
+def spike_and_slab(n_perturbations: int, n_latent: int, *, n_cells=None, min_shift: float = MIN_SHIFT,
+                   prior_inclusion: Optional[float] = None, slab_scale: float = 5.0, collapsed: bool = True):
+    """Spike-and-slab shifts with sparsity scaled to the data (the paper's sVAE+ prior, revised).
+
+    ::
+
+        mask[p, k]  ~ Bernoulli(sigmoid(inclusion_logits))   # is latent k a target of p?
+        shift[p, k] ~ Normal(0, slab_scale)                  # size of the shift when it is
+        delta = mask * shift
+
+    The prior odds of a target (:func:`inclusion_logits`) fall with the cells of the perturbation,
+    so a latent is a target when the shift along it exceeds ``min_shift`` within-perturbation SDs,
+    on 10 cells as on 10,000.
+
+    With ``collapsed=True`` (default) the mask is integrated out under the spike-and-slab
+    variational family of Titsias and Lazaro-Gredilla (2011): ``q(mask) = Bernoulli(pi)`` with
+    ``pi`` a point estimate under :class:`~pyro_svae.distributions.InclusionProbability` (whose
+    log-density is the mask's ``-KL``), the shift enters through its moments
+    (:class:`ShiftMoments`, no straight-through estimator), and ``q(shift | mask = 0)`` is the
+    prior, so the slab's KL is weighted by ``pi`` (``poutine.scale``). ``pi`` is then the
+    variational posterior inclusion probability. ``collapsed=False`` samples the ``mask`` site
+    (straight-through Bernoulli guide) instead: the same objective in expectation, noisier.
+    """
+    logits = inclusion_logits(n_perturbations, n_latent, n_cells, min_shift, prior_inclusion)
+    with plates(n_perturbations, n_latent):
+        if not collapsed:
+            mask = pyro.sample("mask", dist.Bernoulli(logits=logits))  # [P, K]
+            shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+            return mask * shift
+        pi = pyro.sample("pi", InclusionProbability(logits), infer={"guide": "delta", "init": 0.95})  # [P, K]
+        with poutine.scale(scale=pi):  # the slab is paid for only when the target is on
+            shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+    return ShiftMoments(pi * shift, pi * (1 - pi) * shift**2, inclusion=pi)
+
+
+def beta_spike_and_slab(n_perturbations: int, n_latent: int, *, sparsity: float = 50.0, slab_scale: float = 5.0,
+                        collapsed: bool = True):
+    """The spike-and-slab of pyro_svae 0.1 (as the reference sVAE+ code): a fixed sparsity.
 
     ::
 
         pi[p, k]    ~ Beta(1, sparsity)          # inclusion probability (point estimate)
-        mask[p, k]  ~ Bernoulli(pi[p, k])        # is latent k a target of perturbation p?
-        shift[p, k] ~ Normal(0, slab_scale)      # size of the shift when it is
+        mask[p, k]  ~ Bernoulli(pi[p, k])        # q(mask) = Bernoulli(pi): the mask KL vanishes
+        shift[p, k] ~ Normal(0, slab_scale)
         delta = mask * shift
 
-    ``sparsity`` is the ``c`` of the paper's Beta(1, c): the larger, the fewer targets. As in the
-    reference sVAE+ code and SAMS-VAE's reimplementation, ``pi`` is a point estimate and the
-    variational distribution of the mask is ``Bernoulli(pi)`` itself, so the mask KL vanishes and
-    the Beta log-density ``(c - 1) log(1 - pi)`` is the penalty that switches unneeded targets off.
-    (A fully Bayesian ``pi`` would cost a target at most ``log(1 + c)`` nats, too little against
-    thousands of cells to make the targets sparse.)
-
-    With ``collapsed=True`` (default) the mask is integrated out in closed form
-    (:class:`ShiftMoments`): the same objective as sampling it, without the straight-through
-    estimator, whose gradient vanishes as ``pi -> 1`` and keeps inclusion probabilities from
-    becoming decisive. The slab then follows the spike-and-slab variational family of Titsias and
-    Lazaro-Gredilla (2011): ``q(shift | mask = 0)`` is the prior, so the slab's KL is weighted by
-    ``pi`` (``poutine.scale``). Otherwise a target whose ``pi`` drops early has its shift pulled to 0
-    and never comes back. ``collapsed=False`` samples a ``mask`` site with a straight-through guide
-    and a mean-field slab, kept for comparison: on the package's simulator it recovers latents
-    with MCC 0.78 instead of 0.90 (``benchmarks/results/ablation_sampled_mask.md``).
+    The penalty ``(sparsity - 1) log(1 - pi)`` does not grow with the cells: it is too weak to
+    keep large screens sparse and too strong for a few cells. Kept to read models saved by 0.1
+    and for comparison; prefer :func:`spike_and_slab`.
     """
     with plates(n_perturbations, n_latent):
         pi = pyro.sample("pi", dist.Beta(1.0, sparsity), infer={"guide": "delta", "init": 0.5})  # [P, K]
         if not collapsed:
             mask = pyro.sample("mask", dist.Bernoulli(pi), infer={"guide": "prior"})  # [P, K]
             shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
-        else:
-            with pyro.poutine.scale(scale=pi):  # the slab is paid for only when the target is on
-                shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
-    if collapsed:
-        return ShiftMoments(pi * shift, pi * (1 - pi) * shift**2, inclusion=pi)
-    return mask * shift
+            return mask * shift
+        with poutine.scale(scale=pi):
+            shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
+    return ShiftMoments(pi * shift, pi * (1 - pi) * shift**2, inclusion=pi)
 
 
-def relaxed_bernoulli(
-    n_perturbations: int, n_latent: int, *, sparsity: float = 50.0, slab_scale: float = 5.0, temperature: float = 0.5
-):
+def relaxed_bernoulli(n_perturbations: int, n_latent: int, *, n_cells=None, min_shift: float = MIN_SHIFT,
+                      prior_inclusion: Optional[float] = None, slab_scale: float = 5.0, temperature: float = 0.5):
     """Spike-and-slab with the mask as a relaxed (Concrete) Bernoulli site.
 
     ::
 
-        pi[p, k]    ~ Beta(1, sparsity)                        # point estimate
-        mask[p, k]  ~ RelaxedBernoulli(temperature, pi[p, k])  # in (0, 1)
+        mask[p, k]  ~ RelaxedBernoulli(temperature, sigmoid(inclusion_logits))   # in (0, 1)
         shift[p, k] ~ Normal(0, slab_scale)
         delta = mask * shift
 
     Model and guide both use the relaxed distribution, so the ELBO is that of the relaxed model
-    (a straight-through guide against this prior would score the wrong density).
+    (a straight-through guide against this prior would score the wrong density). The sparsity is
+    scaled to the data as in :func:`spike_and_slab`.
     """
+    logits = inclusion_logits(n_perturbations, n_latent, n_cells, min_shift, prior_inclusion)
     with plates(n_perturbations, n_latent):
-        pi = pyro.sample("pi", dist.Beta(1.0, sparsity), infer={"guide": "delta", "init": 0.5})  # [P, K]
-        mask = pyro.sample("mask", dist.RelaxedBernoulli(torch.tensor(temperature), probs=pi), infer={"guide": "prior"})  # [P, K]
+        mask = pyro.sample("mask", dist.RelaxedBernoulli(torch.tensor(temperature), logits=logits))  # [P, K]
         shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
     return mask * shift
 
@@ -172,6 +258,7 @@ def none(n_perturbations: int, n_latent: int):
 
 PRIORS = {
     "spike_and_slab": spike_and_slab,
+    "beta_spike_and_slab": beta_spike_and_slab,
     "relaxed_bernoulli": relaxed_bernoulli,
     "gaussian": gaussian,
     "laplace": laplace,
@@ -180,11 +267,18 @@ PRIORS = {
 }
 
 
-def resolve_prior(prior: Union[str, Callable], **options) -> Callable:
+def _base(prior: Callable) -> Callable:
+    while isinstance(prior, functools.partial):
+        prior = prior.func
+    return prior
+
+
+def resolve_prior(prior: Union[str, Callable], n_cells=None, **options) -> Callable:
     """A prior function from a name in :data:`PRIORS` or a callable, with ``options`` bound.
 
-    Raises ``ValueError`` for an unknown name (listing the valid ones) and ``TypeError`` for an
-    option the prior does not take.
+    ``n_cells`` (training cells per perturbation) is bound when the prior takes it. Raises
+    ``ValueError`` for an unknown name (listing the valid ones) and ``TypeError`` for an option
+    the prior does not take.
     """
     if isinstance(prior, str):
         if prior not in PRIORS:
@@ -192,20 +286,23 @@ def resolve_prior(prior: Union[str, Callable], **options) -> Callable:
         prior = PRIORS[prior]
     if not callable(prior):
         raise TypeError(f"prior must be a name in {sorted(PRIORS)} or a function, but got {type(prior).__name__}.")
+    accepted = inspect.signature(prior).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     if options:
-        accepted = inspect.signature(prior).parameters
-        unknown = sorted(set(options) - set(accepted))
+        unknown = sorted(set(options) - set(accepted)) if not takes_any else []
         if unknown:
             raise TypeError(f"prior {prior_name(prior)!r} does not take options {unknown}; it takes {list(accepted)[2:]}.")
         prior = functools.partial(prior, **options)
+    if n_cells is not None and "n_cells" in accepted:
+        # an array, not a tensor: made a tensor inside the prior, on the device it runs on
+        prior = functools.partial(prior, n_cells=np.asarray(n_cells, dtype=np.float32))
     return prior
 
 
 def prior_name(prior: Callable) -> str:
     """The registry name of a prior, else its import path ``module:qualname``."""
-    base = prior.func if isinstance(prior, functools.partial) else prior
+    base = _base(prior)
     for name, fn in PRIORS.items():
         if fn is base:
             return name
     return f"{getattr(base, '__module__', '?')}:{getattr(base, '__qualname__', repr(base))}"
-

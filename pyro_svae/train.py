@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,12 +18,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .data import ScreenData, counts_to_tensor
-from .guide import guide, PriorSite
-from .model import model
-from .nets import Networks
+from .elbo import local_elbo
+from .factory import Components
 from .optim import MultiTensorClippedAdam
 
-__all__ = ["TrainConfig", "TrainingDiverged", "flush_denormals", "param_scope", "auto_max_epochs", "local_elbo", "train", "resolve_device", "DataOnDevice"]
+__all__ = ["TrainConfig", "TrainingDiverged", "flush_denormals", "param_scope", "auto_max_epochs", "split_cells",
+           "train", "resolve_device", "DataOnDevice"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +135,11 @@ class DataOnDevice:
         }
 
 
-def local_elbo(model_fn: Callable, guide_fn: Callable, batch: dict) -> torch.Tensor:
-    """Per-cell ELBO ``log p(x | z) - KL(q(z | x) || p(z | delta))`` at one draw of the globals: ``[B]``."""
-    guide_trace = poutine.trace(guide_fn).get_trace(**batch)
-    model_trace = poutine.trace(poutine.replay(model_fn, trace=guide_trace)).get_trace(**batch)
-    kl = torch.distributions.kl_divergence(guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"])
-    log_lik = model_trace.nodes["counts"]["fn"].log_prob(batch["counts"])
-    if "shift_variance" in model_trace.nodes:  # masks integrated out: E_mask[log p(z | delta)]
-        kl = kl - model_trace.nodes["shift_variance"]["fn"].log_factor
-    return log_lik - kl
+def split_cells(n_cells: int, validation_fraction: float, rng: np.random.Generator):
+    """``(train, validation)`` cell positions, each sorted: a random ``validation_fraction`` held out."""
+    order = rng.permutation(n_cells)
+    n_val = int(round(validation_fraction * n_cells))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _mean_elbo(model_fn, guide_fn, data: DataOnDevice, index: np.ndarray, batch_size: int) -> float:
@@ -185,11 +180,8 @@ def _restore(store, snapshot: dict) -> None:
 
 def train(
     data: ScreenData,
-    nets: Networks,
-    prior: Callable,
-    prior_sites: Tuple[PriorSite, ...],
+    components: Components,
     *,
-    likelihood: str,
     config: TrainConfig,
     params: dict,
     device: torch.device,
@@ -213,11 +205,12 @@ def train(
     ``frozen`` maps parameter names (already in ``params``) to ``True`` (the whole parameter) or
     a boolean tensor of its shape (``True`` entries): their gradients are zeroed, so Adam leaves
     them exactly as they were. :meth:`SVAE.transfer` fits only new perturbations' rows this way.
+    Guide parameters of the prior's sites (``components.sites``) learn at ``config.prior_lr``,
+    everything else at ``config.lr``.
     """
     rng = np.random.default_rng(config.seed)
-    order = rng.permutation(data.n_cells)
-    n_val = int(round(config.validation_fraction * data.n_cells))
-    val_index, train_index = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train_index, val_index = split_cells(data.n_cells, config.validation_fraction, rng)
+    n_val = len(val_index)
     if len(train_index) < config.batch_size:
         raise ValueError(
             f"batch_size={config.batch_size} is larger than the {len(train_index)} training cells; "
@@ -226,11 +219,9 @@ def train(
     monitor_index = np.sort(rng.choice(train_index, size=min(len(train_index), max(n_val, 1024)), replace=False))
 
     on_device = DataOnDevice(data, device)
-    static = dict(nets=nets, prior=prior, n_perturbations=data.n_perturbations, likelihood=likelihood)
-    model_fn = functools.partial(model, **static)
-    guide_fn = functools.partial(guide, prior_sites=prior_sites, **static)
-
-    global_params = {f"{s.name}_{suffix}" for s in prior_sites for suffix in ("logits", "map", "loc", "scale")}
+    nets = components.nets
+    model_fn, guide_fn = components.functions()
+    global_params = {name for site in components.sites for name in site.params.values()}
 
     def optim_args(param_name):
         lr = config.prior_lr if param_name in global_params else config.lr

@@ -12,10 +12,16 @@ sparse prior then trains from there.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import torch
 
-__all__ = ["sparsest_rotation", "rotate_networks"]
+from .factory import build
+from .train import train
+
+__all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "remaining", "join_histories"]
 
 
 def _l4_rotation(delta: np.ndarray, rotation: np.ndarray, iterations: int) -> np.ndarray:
@@ -71,3 +77,45 @@ def rotate_networks(nets, rotation: np.ndarray) -> None:
         first = nets.decoder.body[0]
         k = rotation.shape[0]
         first.weight[:, :k] = first.weight[:, :k] @ r
+
+
+def dense_rotated_start(components, screen, train_config, fraction: float, device, progress: bool = False):
+    """Fit dense Gaussian shifts with ``components``' networks for ``fraction`` of the epochs, then
+    rotate the networks so that the shifts are sparsest.
+
+    Returns ``(params, history, n_dense)``: the parameters to continue from (the networks' and the
+    likelihood's, without the dense prior's), the dense fit's history and its epochs.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"Expected warm_start_fraction in (0, 1), but got {fraction!r}.")
+    n_dense = max(1, int(round(fraction * train_config.max_epochs)))
+    dense = build(dataclasses.replace(components.config, prior="gaussian", prior_options={}), components.layout,
+                  nets=components.nets)
+    params: dict = {}
+    history = train(screen, dense, config=dataclasses.replace(train_config, max_epochs=n_dense, early_stopping=False),
+                    params=params, device=device, progress=progress)
+    (shift,) = dense.sites
+    delta = params["params"][shift.params["locs"]].detach().cpu().numpy()  # the guide's mean shifts [P, K]
+    rotate_networks(components.nets, sparsest_rotation(delta, seed=train_config.seed))
+    dense_names = set(shift.params.values())
+    kept = {key: {name: value for name, value in params[key].items() if name not in dense_names}
+            for key in ("params", "constraints")}
+    return kept, history, n_dense
+
+
+def remaining(train_config, n_dense: int):
+    """The training settings of the fit that continues from a warm start of ``n_dense`` epochs."""
+    return dataclasses.replace(train_config, max_epochs=max(1, train_config.max_epochs - n_dense), kl_warmup_epochs=0)
+
+
+def join_histories(histories):
+    """One history of consecutive stages (each with a ``stage`` column), epochs numbered through."""
+    frames, offset = [], 0
+    for history in histories:
+        history = history.copy()
+        if "stage" not in history:
+            history["stage"] = "sparse"
+        history["epoch"] = history["epoch"] + offset
+        offset += len(history)
+        frames.append(history)
+    return pd.concat(frames, ignore_index=True)

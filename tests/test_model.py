@@ -11,10 +11,12 @@ from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_svae.guide import StraightThroughBernoulli, guide, inspect_prior
+from pyro_svae.distributions import InclusionProbability, StraightThroughBernoulli
+from pyro_svae.factory import Layout, SVAEConfig, build
 from pyro_svae.model import cell_shifts, model
 from pyro_svae.nets import Networks
 from pyro_svae.priors import PRIORS, plates, resolve_prior
+from pyro_svae.sites import describe_prior
 
 P, K, G, B = 4, 3, 30, 16
 
@@ -29,22 +31,23 @@ def student_t_slab(n_perturbations, n_latent):
 
 spike_and_slab_sampled = functools.partial(PRIORS["spike_and_slab"], collapsed=False)
 spike_and_slab_sampled.__name__ = "spike_and_slab_sampled"
-ALL_PRIORS = sorted(PRIORS) + [student_t_slab, spike_and_slab_sampled]
+beta_sampled = functools.partial(PRIORS["beta_spike_and_slab"], collapsed=False)
+beta_sampled.__name__ = "beta_spike_and_slab_sampled"
+ALL_PRIORS = sorted(PRIORS) + [student_t_slab, spike_and_slab_sampled, beta_sampled]
 
 
 def _setup(prior, likelihood="nb", n_batches=0):
     pyro.set_rng_seed(0)
-    prior = resolve_prior(prior)
-    nets = Networks(G, K, n_hidden=8, n_layers=1, n_batches=n_batches, zero_inflated=likelihood == "zinb")
-    sites = inspect_prior(prior, P, K)
-    static = dict(nets=nets, prior=prior, n_perturbations=P, likelihood=likelihood)
+    layout = Layout(tuple(f"g{i}" for i in range(G)), tuple(f"p{i}" for i in range(P)),
+                    tuple(f"b{i}" for i in range(n_batches)) if n_batches else None, (20,) * P)
+    components = build(SVAEConfig(n_latent=K, n_hidden=8, n_layers=1, likelihood=likelihood), layout, prior)
     batch = {
         "library": torch.full((B,), 100.0),
         "perturbations": torch.randint(0, P + 1, (B, 1)),
         "batch": torch.randint(0, n_batches, (B,)) if n_batches else None,
         "counts": torch.poisson(torch.full((B, G), 3.0)),
     }
-    return functools.partial(model, **static), functools.partial(guide, prior_sites=sites, **static), batch
+    return (*components.functions(), batch)
 
 
 @pytest.mark.parametrize("prior", ALL_PRIORS, ids=lambda p: p if isinstance(p, str) else p.__name__)
@@ -63,6 +66,9 @@ def test_site_shapes_and_guide_mirrors_model(prior):
     for name in latent:
         if name in ("mask", "shift", "pi", "lam"):
             assert model_trace.nodes[name]["value"].shape == (P, K), name
+    for name, site in guide_trace.nodes.items():  # guide parameters live in their own namespace
+        if site["type"] == "param" and "$$$" not in name and name != "dispersion":
+            assert name.startswith("PriorGuide."), name
     # the plate scale reaches both sides of the local site
     assert model_trace.nodes["z"]["scale"] == guide_trace.nodes["z"]["scale"] == 100 / B
     # every site has the same scale in model and guide (exact KLs take the guide's)
@@ -81,10 +87,11 @@ def test_one_svi_step_with_validation(prior, likelihood):
     assert np.isfinite(loss)
 
 
-def test_loss_decreases():
-    model_fn, guide_fn, batch = _setup("spike_and_slab")
+@pytest.mark.parametrize("prior", ["spike_and_slab", "beta_spike_and_slab"])
+def test_loss_decreases(prior):
+    model_fn, guide_fn, batch = _setup(prior)
     svi = SVI(model_fn, guide_fn, ClippedAdam({"lr": 1e-2}), TraceMeanField_ELBO())
-    losses = [svi.step(**batch) for _ in range(150)]
+    losses = [svi.step(**batch) for _ in range(300)]
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.1 * abs(np.mean(losses[:20]))
 
 
@@ -116,20 +123,41 @@ def test_straight_through_bernoulli_is_exact_and_has_gradient():
 
 
 def test_guide_families_follow_the_prior():
-    sites = {s.name: s for s in inspect_prior(spike_and_slab_sampled, P, K)}
+    sites = {s.name: s for s in describe_prior(beta_sampled, P, K)}
     assert (sites["pi"].family, sites["mask"].family, sites["shift"].family) == ("delta", "prior", "normal")
-    sites = {s.name: s for s in inspect_prior(resolve_prior("spike_and_slab"), P, K)}
+    sites = {s.name: s for s in describe_prior(spike_and_slab_sampled, P, K)}
+    assert (sites["mask"].family, sites["shift"].family) == ("bernoulli", "normal")
+    sites = {s.name: s for s in describe_prior(resolve_prior("spike_and_slab"), P, K)}
     assert list(sites) == ["pi", "shift"]  # the mask is integrated out
-    assert sites["shift"].scale is None  # the slab's scale is pi, read from the prior at each step
-    sites = {s.name: s for s in inspect_prior(resolve_prior("horseshoe"), P, K)}
-    assert sites["tau"].shape == () and sites["lam"].family == "normal"
-    sites = {s.name: s for s in inspect_prior(student_t_slab, P, K)}
+    assert sites["pi"].params == {"values": "PriorGuide.values.pi"}
+    assert sites["shift"].params == {"locs": "PriorGuide.locs.shift", "scales": "PriorGuide.scales.shift"}
+    sites = {s.name: s for s in describe_prior(resolve_prior("horseshoe"), P, K)}
+    assert sites["tau"].shape == () and sites["lam"].family == "normal" and sites["tau"].perturbation_axis is None
+    assert sites["lam"].perturbation_axis == -2
+    sites = {s.name: s for s in describe_prior(student_t_slab, P, K)}
     assert sites["mask"].family == "bernoulli"
+
+
+def test_slab_of_the_guide_is_weighted_by_the_guides_own_inclusion_probability():
+    model_fn, guide_fn, batch = _setup("spike_and_slab")
+    guide_trace = poutine.trace(guide_fn).get_trace(**batch)
+    pi = guide_trace.nodes["pi"]["value"]
+    assert torch.equal(guide_trace.nodes["shift"]["scale"], pi)
+    model_trace = poutine.trace(poutine.replay(model_fn, guide_trace)).get_trace(**batch)
+    assert torch.equal(model_trace.nodes["shift"]["scale"], pi)
+
+
+def test_inclusion_probability_density_is_minus_the_mask_kl():
+    logits = torch.tensor([-3.0, 0.0, 2.0])
+    a = torch.tensor([0.2, 0.5, 0.9])
+    kl = torch.distributions.kl_divergence(dist.Bernoulli(probs=a), dist.Bernoulli(logits=logits))
+    assert torch.allclose(InclusionProbability(logits).log_prob(a), -kl, atol=1e-6)
+    assert torch.isfinite(InclusionProbability(logits).log_prob(torch.tensor([0.0, 1.0, 1.0]))).all()
 
 
 def test_prior_with_wrong_shape_is_refused():
     with pytest.raises(ValueError, match=r"shape \(4, 3\).*but got \(3, 4\)"):
-        inspect_prior(lambda p, k: torch.zeros(k, p), P, K)
+        describe_prior(lambda p, k: torch.zeros(k, p), P, K)
 
 
 def test_unknown_prior_lists_valid_names():
@@ -156,10 +184,10 @@ def test_collapsed_mask_is_the_exact_expectation_of_the_sampled_mask():
         trace.compute_log_prob()
         return sum(trace.nodes[n]["log_prob_sum"] for n in ("z", "shift_variance") if n in trace.nodes)
 
-    collapsed = z_score(PRIORS["spike_and_slab"], {"pi": pi, "shift": shift})
+    collapsed = z_score(PRIORS["beta_spike_and_slab"], {"pi": pi, "shift": shift})
     expected = 0.0
     for bits in itertools.product([0.0, 1.0], repeat=p * k):
         mask = torch.tensor(bits).reshape(p, k)
         weight = torch.where(mask.bool(), pi, 1 - pi).prod()
-        expected = expected + weight * z_score(spike_and_slab_sampled, {"pi": pi, "shift": shift, "mask": mask})
+        expected = expected + weight * z_score(beta_sampled, {"pi": pi, "shift": shift, "mask": mask})
     assert collapsed.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import pyro_svae
-from pyro_svae.result import call_targets
-from pyro_svae.shifts import ShiftDraws, log_prior_z
+from pyro_svae.heldout import log_prior_z
+from pyro_svae.posterior import GlobalDraws
+from pyro_svae.results import call_targets
 
 from .conftest import FAST, make_screen
 
@@ -24,7 +25,8 @@ def seen_and_new():
     held_out = adata.obs["perturbation"].isin(HELD_OUT).to_numpy()
     seen = adata[~held_out].copy()
     new = adata[held_out | (adata.obs["perturbation"] == "control").to_numpy()].copy()
-    return pyro_svae.fit(seen, **FAST), seen, new
+    # trained long enough that the perturbations' cells have moved in latent space
+    return pyro_svae.fit(seen, **{**FAST, "max_epochs": 30}), seen, new
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,10 @@ def test_transfer_fits_only_the_new_perturbations_rows(seen_and_new, transferred
             assert new[name].shape[-2] == n_old + len(HELD_OUT)
             assert torch.equal(new[name][..., :n_old, :], old[name]), name
             changed.append(name)
-    assert sorted(changed) == ["pi_map", "shift_loc", "shift_scale"]
-    pi = result.params["params"]["pi_map"]  # unconstrained; every new row started at pi = 0.5 (logit 0)
-    assert not torch.allclose(pi[n_old:], torch.zeros_like(pi[n_old:]))
+    assert sorted(changed) == ["PriorGuide.locs.shift", "PriorGuide.scales.shift", "PriorGuide.values.pi"]
+    pi = result.params["params"]["PriorGuide.values.pi"]  # unconstrained; every new row started at pi = 0.95
+    start = torch.logit(torch.tensor(0.95))
+    assert not torch.allclose(pi[n_old:], torch.full_like(pi[n_old:], start))
     assert len(result.transfer_history) == 30 and np.isfinite(result.transfer_history["train_elbo"]).all()
 
 
@@ -122,7 +125,8 @@ def test_iwelbo_by_group_and_many_samples_in_bounded_memory(fitted):
 def test_log_prior_z_sums_the_masks_exactly(members):
     torch.manual_seed(0)
     S, P, B, K = 2, 3, 4, 2
-    draws = ShiftDraws(slab=torch.randn(S, P, K) * 3, inclusion=torch.rand(S, P, K))
+    slab = torch.randn(S, P, K) * 3
+    draws = GlobalDraws({}, delta=slab, slab=slab, inclusion=torch.rand(S, P, K))
     perturbations = torch.tensor([[0, 3], [1, 2], [3, 3], [2, 0]])[:, :members]  # 3 pads
     z = torch.randn(S, B, K)
     expected = torch.zeros(S, B)

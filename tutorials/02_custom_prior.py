@@ -57,7 +57,7 @@ def student_t_slab(n_perturbations, n_latent, sparsity=50.0, df=3.0, scale=2.0):
 
 # %%
 custom = pyro_svae.fit(adata, n_latent=screen["n_latent"], prior=student_t_slab, max_epochs=epochs, progress=False)
-[(site.name, site.family, tuple(site.shape)) for site in custom.prior_sites]
+pyro_svae.describe_guide(student_t_slab, len(custom.perturbation_names), screen["n_latent"])
 
 # %% [markdown]
 # ## Against the built-in priors

@@ -1,0 +1,136 @@
+"""Predictions under interventions: new cells for any combination of known perturbations, and
+counterfactuals of observed cells under another perturbation.
+
+Both go through the generative model's pieces: effective shifts drawn from the guide (masks
+sampled, one draw of the global sites per predicted cell, vectorised), ``z = shift + noise``, then
+counts from the decoder and the count likelihood (:func:`~pyro_svae.likelihoods.count_distribution`).
+Every function here runs inside the model's param scope (``SVAE`` enters it).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import anndata
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import encode_perturbations
+from .factory import Components
+from .likelihoods import count_distribution, dispersion_param
+from .model import cell_shifts
+from .posterior import MAX_DRAW_ELEMENTS, draw_globals
+
+__all__ = ["encode_labels", "predict", "simulate_cells", "counterfactual_counts"]
+
+
+def encode_labels(components: Components, labels: Sequence[str]) -> np.ndarray:
+    """Member codes ``[n, M]`` of perturbation labels; a clear error for unknown members."""
+    c = components.config
+    try:
+        return encode_perturbations(list(labels), components.layout.perturbations, c.control, c.separator)
+    except ValueError as err:
+        raise ValueError(f"{err} Expected labels made of the model's perturbations (joined by {c.separator!r}) "
+                         f"or {c.control!r}; for perturbations the model has not seen, use SVAE.transfer first.") from None
+
+
+def _batch_codes(batches, batch, n: int, rng: np.random.Generator) -> Optional[np.ndarray]:
+    if not batches:
+        if batch is not None:
+            raise ValueError(f"batch={batch!r} given, but the model was fitted without batches.")
+        return None
+    if batch is None:  # spread the cells over the training batches
+        return rng.integers(len(batches), size=n)
+    if batch not in batches:
+        raise ValueError(f"batch={batch!r} is not one of the model's batches {list(batches)}.")
+    return np.full(n, list(batches).index(batch))
+
+
+def _library_sizes(library, n: int, rng: np.random.Generator) -> np.ndarray:
+    library = np.atleast_1d(np.asarray(library, dtype=np.float32))
+    if (library <= 0).any() or not np.isfinite(library).all():
+        raise ValueError("library sizes must be positive and finite.")
+    return library if len(library) == n else rng.choice(library, size=n)
+
+
+def predict(components: Components, perturbations: Union[str, Sequence[str]], n_cells: int, batch: Optional[str],
+            library, device, seed: Optional[int] = None) -> anndata.AnnData:
+    """See :meth:`pyro_svae.SVAE.predict`; ``library`` is a number or the sizes to draw from."""
+    labels = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+    if n_cells < 1:
+        raise ValueError(f"n_cells must be >= 1, but got {n_cells}.")
+    rng = np.random.default_rng(seed)
+    cell_labels = np.repeat(np.asarray(labels, dtype=object), n_cells)
+    codes = encode_labels(components, cell_labels)
+    n = len(cell_labels)
+    layout = components.layout
+    batch_codes = _batch_codes(layout.batches, batch, n, rng)
+    library_sizes = _library_sizes(library, n, rng)
+    counts, z, shift = simulate_cells(components, codes, batch_codes, library_sizes, device)
+    key = components.config.perturbation_key
+    obs = pd.DataFrame({key: pd.Categorical(cell_labels, categories=list(dict.fromkeys(labels))),
+                        "library_size": library_sizes}, index=[f"predicted{i}" for i in range(n)])
+    if batch_codes is not None:
+        obs[components.config.batch_key or "batch"] = np.asarray(layout.batches, dtype=object)[batch_codes]
+    result = anndata.AnnData(X=counts.astype(np.float32), obs=obs, var=pd.DataFrame(index=list(layout.genes)))
+    result.obsm["z"] = z
+    result.obsm["shift"] = shift
+    return result
+
+
+def _decode(components: Components, z: torch.Tensor, batch: Optional[torch.Tensor], library: torch.Tensor):
+    dispersion = dispersion_param(components.likelihood, components.nets.n_genes)
+    return count_distribution(components.nets.decoder, components.likelihood, z, batch, library, dispersion).sample()
+
+
+def simulate_cells(components: Components, codes: np.ndarray, batch: Optional[np.ndarray], library: np.ndarray,
+                   device, cells_per_chunk: int = 8192):
+    """Cells under the perturbations ``codes`` ``[n, M]``: ``(counts [n, G], z [n, K], shift [n, K])``.
+
+    Each cell gets its own draw of the global sites (masks sampled), drawn for a chunk of cells at
+    once; at most :data:`~pyro_svae.posterior.MAX_DRAW_ELEMENTS` shift values are held.
+    """
+    n = len(codes)
+    shape = components.n_perturbations * components.config.n_latent
+    chunk = max(1, min(cells_per_chunk, MAX_DRAW_ELEMENTS // max(1, shape)))
+    counts, latents, shifts = [], [], []
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            draws = draw_globals(components, stop - start, device)
+            members = torch.as_tensor(codes[start:stop], device=device)  # [c, M]
+            masked = draws.masked_shifts()  # [c, P, K]
+            padded = torch.cat([masked, masked.new_zeros(masked.shape[0], 1, masked.shape[-1])], dim=1)
+            shift = padded[torch.arange(stop - start, device=device)[:, None], members].sum(-2)  # [c, K]
+            z = shift + torch.randn_like(shift)
+            b = None if batch is None else torch.as_tensor(batch[start:stop], device=device)
+            lib = torch.as_tensor(library[start:stop], device=device)
+            counts.append(_decode(components, z, b, lib).cpu())
+            latents.append(z.cpu())
+            shifts.append(shift.cpu())
+    return torch.cat(counts).numpy(), torch.cat(latents).numpy(), torch.cat(shifts).numpy()
+
+
+def counterfactual_counts(components: Components, minibatches, n_cells: int, target: torch.Tensor,
+                          num_samples: int, device) -> np.ndarray:
+    """Counts ``[S, n_cells, G]`` of observed cells with their shift swapped for ``target``'s.
+
+    ``minibatches`` yields ``(positions, batch)`` of the cells; ``target`` is ``[1, M]`` member
+    codes. The masks of each of the ``num_samples`` global draws are sampled once, for all cells.
+    """
+    draws = draw_globals(components, num_samples, device)
+    shifts = draws.masked_shifts()  # [S, P, K]
+    out = None
+    with torch.no_grad():
+        for index, batch in minibatches:
+            loc, scale = components.nets.encoder(batch["counts"], batch["batch"])
+            z = torch.distributions.Normal(loc, scale).sample((num_samples,))  # [S, B, K] abduction
+            # per draw s of the globals: remove the cell's own shift, add that of the target
+            own = cell_shifts(shifts, batch["perturbations"])  # [S, B, K]
+            new = cell_shifts(shifts, target.expand(len(index), -1))
+            counts = _decode(components, z - own + new, batch["batch"], batch["library"])
+            if out is None:
+                out = np.empty((num_samples, n_cells, counts.shape[-1]), dtype=np.int32)
+            out[:, index] = counts.round().cpu().numpy().astype(np.int32)
+    return out

@@ -1,0 +1,84 @@
+"""The count likelihoods, each defined once, and the one path from latents to counts.
+
+Training, the held-out likelihood, prediction, counterfactuals and posterior predictive checks
+all score or sample counts through :func:`count_distribution`; adding a likelihood is one entry
+in :data:`LIKELIHOODS` (as Pyro's CEVAE finds an outcome distribution by name).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.distributions import constraints
+
+__all__ = ["CountLikelihood", "LIKELIHOODS", "get_likelihood", "count_distribution", "dispersion_param"]
+
+#: Initial inverse dispersion of the negative binomials.
+INIT_DISPERSION = 5.0
+
+
+class CountLikelihood(NamedTuple):
+    """A count distribution of mean ``exp(log_mean)``: what it needs and how it is built."""
+
+    name: str
+    #: built from ``(log_mean, dispersion, gate_logits)``, each ``[..., n_cells, n_genes]`` or ``[n_genes]``
+    build: Callable
+    #: has a per-gene inverse dispersion ``theta`` (a parameter named ``dispersion``)
+    has_dispersion: bool
+    #: the decoder also returns zero-inflation gate logits
+    zero_inflated: bool
+
+
+def _poisson(log_mean, dispersion, gate_logits):
+    return dist.Poisson(log_mean.exp())
+
+
+def _negative_binomial(log_mean, dispersion, gate_logits):
+    # mean mu and inverse overdispersion theta: variance mu + mu^2 / theta
+    return dist.NegativeBinomial(total_count=dispersion, logits=log_mean - torch.log(dispersion))
+
+
+def _zero_inflated_negative_binomial(log_mean, dispersion, gate_logits):
+    return dist.ZeroInflatedNegativeBinomial(total_count=dispersion, logits=log_mean - torch.log(dispersion),
+                                             gate_logits=gate_logits)
+
+
+LIKELIHOODS = {
+    "nb": CountLikelihood("nb", _negative_binomial, has_dispersion=True, zero_inflated=False),
+    "zinb": CountLikelihood("zinb", _zero_inflated_negative_binomial, has_dispersion=True, zero_inflated=True),
+    "poisson": CountLikelihood("poisson", _poisson, has_dispersion=False, zero_inflated=False),
+}
+
+
+def get_likelihood(name: str) -> CountLikelihood:
+    """The likelihood called ``name``; ``ValueError`` listing the known ones otherwise."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"Expected likelihood to be one of {tuple(LIKELIHOODS)}, but got {name!r}.")
+    return LIKELIHOODS[name]
+
+
+def dispersion_param(likelihood: CountLikelihood, n_genes: int, device=None) -> Optional[torch.Tensor]:
+    """The per-gene inverse dispersion ``[G]`` (a parameter of the model), or ``None``."""
+    if not likelihood.has_dispersion:
+        return None
+    return pyro.param("dispersion", lambda: torch.full((n_genes,), INIT_DISPERSION, device=device),
+                      constraint=constraints.positive)
+
+
+def count_distribution(decoder, likelihood: CountLikelihood, z: torch.Tensor, batch: Optional[torch.Tensor],
+                       library: torch.Tensor, dispersion: Optional[torch.Tensor]) -> dist.Distribution:
+    """Counts given latents: ``batch_shape [..., n_cells, n_genes]`` for ``z [..., n_cells, K]``.
+
+    The mean is ``library * softmax(decoder(z, batch))``; ``library`` ``[n_cells]`` (floored at 1)
+    and ``batch`` ``[n_cells]`` are shared by the leading sample dims of ``z``.
+    """
+    shape = z.shape[:-1]
+    flat_batch = None if batch is None else batch.expand(shape).reshape(-1)
+    log_proportions, gate_logits = decoder(z.reshape(-1, z.shape[-1]), flat_batch)
+    log_proportions = log_proportions.reshape(shape + (-1,))
+    gate_logits = None if gate_logits is None else gate_logits.reshape(shape + (-1,))
+    log_mean = torch.log(library.clamp(min=1.0)).unsqueeze(-1) + log_proportions
+    return likelihood.build(log_mean, dispersion, gate_logits)

@@ -1,0 +1,278 @@
+"""The fitted model, :class:`SVAE`: thin methods over the stages that read it.
+
+Each method reads its AnnData once (:func:`~pyro_svae.data.read_screen` against the model's
+layout), enters the model's parameters once (:meth:`SVAE.scope`) and calls one stage:
+:mod:`~pyro_svae.posterior` (targets, shifts), :mod:`~pyro_svae.heldout` (IWELBO),
+:mod:`~pyro_svae.interventions` (predictions), :mod:`~pyro_svae.predictive` (checks),
+:mod:`~pyro_svae.inference_data` (ArviZ), :mod:`~pyro_svae.transfer`, :mod:`~pyro_svae.persistence`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from . import heldout, inference_data, interventions, persistence, predictive, results, transfer
+from .data import ScreenData, read_screen
+from .elbo import local_elbo
+from .factory import Components
+from .posterior import draw_globals
+from .train import DataOnDevice, TrainConfig, param_scope
+
+__all__ = ["SVAE"]
+
+logger = logging.getLogger(__name__)
+
+
+class SVAE:
+    """A fitted sparse mechanism shift VAE. Made by :func:`pyro_svae.fit` or :func:`pyro_svae.load`.
+
+    Attributes
+    ----------
+    history : pandas.DataFrame
+        One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo`` (per-cell ELBO) and
+        ``loss`` (the optimised objective per cell, with the warm-up weight).
+    perturbation_names, gene_names, batch_names : tuple of str
+    adata : anndata.AnnData or None
+        The AnnData the model was fitted on (a reference, never modified); the default data of
+        the methods below.
+    """
+
+    def __init__(self, components: Components, params: dict, *, history: Optional[pd.DataFrame] = None,
+                 train_config: Optional[TrainConfig] = None, device="cpu", adata=None):
+        self.components, self.params = components, params
+        self.history = pd.DataFrame() if history is None else history
+        self.train_config = train_config or TrainConfig()
+        self.device, self.adata = torch.device(device), adata
+        self.transfer_history = None
+
+    config = property(lambda self: self.components.config)
+    layout = property(lambda self: self.components.layout)
+    nets = property(lambda self: self.components.nets)
+    prior = property(lambda self: self.components.prior)
+    gene_names = property(lambda self: self.layout.genes)
+    perturbation_names = property(lambda self: self.layout.perturbations)
+    batch_names = property(lambda self: self.layout.batches)
+
+    def __repr__(self) -> str:
+        return (f"SVAE(prior={self.config.prior!r}, n_latent={self.config.n_latent}, likelihood={self.config.likelihood!r}, "
+                f"{len(self.perturbation_names)} perturbations, {len(self.gene_names)} genes, {len(self.history)} epochs)")
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def scope(self):
+        """The model's parameters in Pyro's param store while inside (the global store is restored)."""
+        return param_scope(self.params)
+
+    def _adata(self, adata):
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise ValueError("No AnnData given and none kept from training (a loaded model): pass adata.")
+        return adata
+
+    def _read(self, adata=None) -> ScreenData:
+        c, layout = self.config, self.layout
+        return read_screen(self._adata(adata), c.perturbation_key, c.control, layer=c.layer, batch_key=c.batch_key,
+                           separator=c.separator, allow_non_integer=c.allow_non_integer, gene_names=layout.genes,
+                           perturbation_names=layout.perturbations, batch_names=layout.batches, require_control=False)
+
+    def _minibatches(self, screen: ScreenData, batch_size: int):
+        on_device = DataOnDevice(screen, self.device)
+        for start in range(0, screen.n_cells, batch_size):
+            index = np.arange(start, min(start + batch_size, screen.n_cells))
+            yield index, on_device.minibatch(index)
+
+    @staticmethod
+    def _by(values: np.ndarray, adata, by: Optional[str], name: str):
+        if by is None:
+            return float(values.mean())
+        if by not in adata.obs.columns:
+            raise KeyError(f"by={by!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}.")
+        return pd.Series(values, index=adata.obs_names).groupby(adata.obs[by].astype(str).to_numpy()).mean().rename(name)
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: Optional[int]):
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        with self.scope(), torch.no_grad():
+            yield
+
+    # ---- cells ----------------------------------------------------------------------------
+    def get_latent(self, adata=None, batch_size: int = 1024) -> np.ndarray:
+        """Posterior mean of ``z`` for each cell: ``[n_cells, n_latent]``."""
+        screen = self._read(adata)
+        with torch.no_grad():
+            locs = [self.nets.encoder(b["counts"], b["batch"])[0].cpu() for _, b in self._minibatches(screen, batch_size)]
+        return torch.cat(locs).numpy()
+
+    def elbo(self, adata=None, by: Optional[str] = None, batch_size: int = 1024, seed: Optional[int] = None):
+        """Per-cell ELBO ``E_q[log p(x | z)] - KL(q(z | x) || p(z | delta))``, averaged over cells.
+
+        With ``by`` (a column of ``adata.obs``, e.g. ``"perturbation"``) a ``pandas.Series`` of the
+        mean per group. One draw of the global sites.
+        """
+        adata = self._adata(adata)
+        screen = self._read(adata)
+        functions = self.components.functions()
+        with self._seeded(seed):
+            values = torch.cat([local_elbo(*functions, b).cpu() for _, b in self._minibatches(screen, batch_size)])
+        return self._by(values.numpy(), adata, by, "elbo")
+
+    # ---- perturbations --------------------------------------------------------------------
+    def global_draws(self, num_samples: int = 200, seed: Optional[int] = None):
+        """Guide draws of the global sites (:class:`~pyro_svae.posterior.GlobalDraws`, tensors ``[S, ...]``)."""
+        with self._seeded(seed):
+            return draw_globals(self.components, num_samples, self.device)
+
+    def intervention_targets(self, num_samples: int = 200, seed: Optional[int] = None) -> pd.DataFrame:
+        """Posterior inclusion probabilities ``[perturbations x latents]`` in [0, 1].
+
+        For ``spike_and_slab``, ``q(mask = 1)``: the variational posterior that the latent is a
+        target (at the ELBO's optimum, the posterior of the mask given the cells of the
+        perturbation and the other parameters). For a prior with one Bernoulli-family site per
+        perturbation and latent, that site's guide probability; otherwise the probability under
+        the guide that ``|delta| > 0.5`` (:data:`~pyro_svae.results.SHIFT_THRESHOLD`).
+        """
+        return results.inclusion_table(self.global_draws(num_samples, seed), self.layout, self.config.n_latent)
+
+    def shifts(self, num_samples: int = 200, seed: Optional[int] = None) -> pd.DataFrame:
+        """Posterior mean effective shift ``E_q[delta]``: ``[perturbations x latents]``."""
+        return results.shift_table(self.global_draws(num_samples, seed), self.layout, self.config.n_latent)
+
+    def target_calls(self, fdr: float = 0.05, num_samples: int = 200) -> pd.DataFrame:
+        """Targets called with a Bayesian false discovery rate (Newton et al. 2004).
+
+        The largest set of (perturbation, latent) pairs, by decreasing inclusion probability, whose
+        expected false discovery proportion (the mean of ``1 - PIP`` over the set) is at most
+        ``fdr``. Columns ``perturbation``, ``latent``, ``pip``; ``attrs["threshold"]`` is the
+        smallest PIP called and ``attrs["expected_fdp"]`` the expected proportion.
+        """
+        return results.call_targets(self.intervention_targets(num_samples), fdr)
+
+    # ---- checks and export ----------------------------------------------------------------
+    def posterior_predictive(self, adata=None, num_samples: int = 100, genes=None, cells=None,
+                             batch_size: int = 1024, seed: Optional[int] = None) -> np.ndarray:
+        """Replicated counts ``[num_samples, n_cells, n_genes]`` (int32) from :class:`pyro.infer.Predictive`.
+
+        Each draw is ``z ~ q(z | x)`` then ``counts ~ p(x | z)`` with the cell's observed library
+        size, batch and perturbation; cells in minibatches (at most ~32 million values at a time),
+        only the selected ``genes`` / ``cells`` kept (names, positions or boolean masks).
+        """
+        screen = self._read(adata)
+        with self._seeded(seed):
+            return predictive.posterior_predictive(self.components, screen, self.device, num_samples, genes, cells,
+                                                   batch_size)["counts"]
+
+    def ppc_summary(self, adata=None, num_samples: int = 100, genes=None, cells=None, interval: float = 0.9,
+                    seed: Optional[int] = None) -> pd.DataFrame:
+        """Posterior predictive check of the statistics a single-cell user looks at
+        (:func:`pyro_svae.predictive.ppc_summary`): per gene mean, variance and zero fraction, per
+        cell library size, per perturbation and gene the ``log1p`` expression shift against
+        controls; each with its observed value and central ``interval``. One row per item."""
+        adata = self._adata(adata)
+        screen = self._read(adata)
+        with self._seeded(seed):
+            draws = predictive.posterior_predictive(self.components, screen, self.device, num_samples, genes, cells)
+        labels = adata.obs[self.config.perturbation_key].astype(str).to_numpy()[draws["cells"]]
+        return predictive.ppc_summary(screen.counts[draws["cells"]][:, draws["genes"]], draws["counts"], labels,
+                                      self.config.control, np.asarray(self.gene_names)[draws["genes"]],
+                                      np.asarray(screen.cell_names)[draws["cells"]], interval)
+
+    def to_arviz(self, adata=None, num_samples: int = 100, genes=None, cells=None, batch_size: int = 1024,
+                 log_likelihood: bool = False, seed: Optional[int] = None):
+        """The fit as ArviZ ``InferenceData`` (an xarray ``DataTree`` with ArviZ >= 1); see
+        :func:`pyro_svae.inference_data.to_arviz` for the groups. ``log_likelihood=True`` adds the
+        per-cell log-likelihood of each global draw, ``z`` integrated out by importance sampling."""
+        adata = self._adata(adata)
+        screen = self._read(adata)
+        labels = adata.obs[self.config.perturbation_key].astype(str).to_numpy()
+        with self._seeded(seed):
+            return inference_data.to_arviz(self.components, screen, labels, self.device, num_samples, genes, cells,
+                                           batch_size, log_likelihood)
+
+    def write(self, adata, latent_key: str = "X_svae", uns_key: str = "svae", num_samples: int = 200,
+              copy: bool = False):
+        """Write the results into ``adata``, scverse style: ``obsm[latent_key]`` (posterior mean
+        latents) and ``uns[uns_key]`` (:func:`pyro_svae.results.to_uns`: plain arrays and strings
+        that survive ``write_h5ad``; :func:`pyro_svae.results.from_uns` rebuilds the tables).
+        Nothing else is touched. With ``copy=True`` a modified copy is returned instead."""
+        self._read(adata)  # validates genes and labels before anything is written
+        if copy:
+            adata = adata.copy()
+        adata.obsm[latent_key] = self.get_latent(adata)
+        adata.uns[uns_key] = results.to_uns(self, num_samples)
+        return adata if copy else None
+
+    def save(self, path, overwrite: bool = False) -> None:
+        """Write the model to directory ``path``: ``config.json`` and ``params.pt`` (tensors only,
+        read back with ``torch.load(weights_only=True)``, which cannot run code; its SHA-256 is
+        kept in ``config.json`` so a tampered or truncated file is refused). Read with
+        :func:`pyro_svae.load`."""
+        persistence.save(path, self.components, self.params, self.train_config, self.history, overwrite)
+
+    # ---- transfer, held-out likelihood and predictions -----------------------------------
+    def transfer(self, adata_new, perturbation_key: Optional[str] = None, max_epochs="auto", batch_size: int = 256,
+                 lr: Optional[float] = None, seed: int = 0, progress: bool = False) -> "SVAE":
+        """A model that also knows the perturbations of ``adata_new`` it has not seen
+        (:func:`pyro_svae.transfer.transfer`): everything known stays frozen, exactly; the new
+        perturbations' rows of the prior's guide parameters are fitted on ``adata_new``. Returns a
+        new model (this one is unchanged) with ``transfer_history``."""
+        components, params, history = transfer.transfer(
+            self.components, self.params, adata_new, self.train_config, self.device, perturbation_key,
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+        result = SVAE(components, params, history=self.history.copy(), train_config=self.train_config,
+                      device=self.device, adata=adata_new)
+        result.transfer_history = history
+        return result
+
+    def marginal_log_likelihood(self, adata=None, n_samples: int = 100, by: Optional[str] = None,
+                                batch_size: int = 256, seed: Optional[int] = None):
+        """Importance-weighted ELBO per cell (:mod:`pyro_svae.heldout`), averaged (or per ``by`` group).
+
+        A lower bound on the held-out log-likelihood ``log E_q(g)[p(x | g)]`` that tightens with
+        ``n_samples`` importance samples (1 gives an ELBO); global sites drawn once per sample,
+        masks a prior integrates out summed exactly; memory bounded for ``n_samples=1000``.
+        """
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, but got {n_samples}.")
+        adata = self._adata(adata)
+        screen = self._read(adata)
+        with self._seeded(seed):
+            draws = draw_globals(self.components, n_samples, self.device)
+            values = torch.cat([heldout.iwelbo(self.components, b, draws).cpu()
+                                for _, b in self._minibatches(screen, batch_size)])
+        return self._by(values.double().numpy(), adata, by, "marginal_log_likelihood")
+
+    def predict(self, perturbations, n_cells: int = 100, batch: Optional[str] = None, library=None,
+                seed: Optional[int] = None):
+        """Simulate ``n_cells`` cells for each label of ``perturbations`` (``"A"``, ``"A+B"``, or the
+        control): a draw of the global sites per cell (masks sampled), ``z ~ Normal(sum of the
+        members' shifts, I)``, counts from the decoder; combinations never seen together are
+        predicted. ``library``: a number or an array of library sizes (default: drawn from the
+        training cells); ``batch``: a batch name (default: spread over batches). Returns an AnnData
+        (``obs[perturbation_key]``, ``obs["library_size"]``, ``obsm["z"]``, ``obsm["shift"]``)."""
+        if library is None:
+            if self.adata is None:
+                raise ValueError("library=None draws library sizes from the training cells, which a loaded model "
+                                 "does not keep: pass library (a number or an array of library sizes).")
+            library = self._read(self.adata).library
+        with self._seeded(seed):
+            return interventions.predict(self.components, perturbations, n_cells, batch, library, self.device, seed)
+
+    def counterfactual(self, adata, perturbation: str, num_samples: int = 10, seed: Optional[int] = None,
+                       batch_size: int = 1024) -> np.ndarray:
+        """Counts ``[num_samples, n_cells, n_genes]`` (int32) of the cells of ``adata`` under
+        ``perturbation`` (a label or ``"A+B"``): ``z ~ q(z | x)`` (abduction), the cell's own shift
+        replaced by that of ``perturbation``, decoded with its library size and batch."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, but got {num_samples}.")
+        screen = self._read(adata)
+        target = torch.as_tensor(interventions.encode_labels(self.components, [perturbation]), device=self.device)
+        with self._seeded(seed):
+            return interventions.counterfactual_counts(self.components, self._minibatches(screen, batch_size),
+                                                       screen.n_cells, target, num_samples, self.device)
