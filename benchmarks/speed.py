@@ -60,7 +60,7 @@ def pyro_svae_stepper(adata):
     from pyro_svae.nets import Networks
     from pyro_svae.optim import MultiTensorClippedAdam
     from pyro_svae.priors import resolve_prior
-    from pyro_svae.train import DataOnDevice
+    from pyro_svae.runtime import DataOnDevice
 
     pyro.clear_param_store()
     data = read_screen(adata)
@@ -133,7 +133,7 @@ def plain_torch_stepper(adata):
 
 def time_steps(steppers: dict, n_steps: int, repeats: int, warmup: int = 20) -> dict:
     """Median seconds per step of each stepper, runs interleaved."""
-    from pyro_svae.train import flush_denormals
+    from pyro_svae.runtime import flush_denormals
 
     import pyro
 

@@ -21,7 +21,8 @@ from .likelihoods import get_likelihood
 from .persistence import read, restore
 from .priors import prior_name
 from .svae import SVAE
-from .train import TrainConfig, TrainingDiverged, auto_max_epochs, resolve_device, split_cells, train
+from .runtime import resolve_device
+from .train import TrainConfig, TrainingDiverged, auto_max_epochs, split_cells, train
 
 __all__ = ["fit", "load", "model_config"]
 

@@ -29,7 +29,8 @@ from .api import model_config
 from .data import read_screen
 from .factory import Components, build, create_params, layout_of
 from .svae import SVAE
-from .train import DataOnDevice, TrainConfig, param_scope
+from .runtime import DataOnDevice, param_scope
+from .train import TrainConfig
 
 __all__ = ["fit"]
 

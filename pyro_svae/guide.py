@@ -23,7 +23,7 @@ from torch.distributions import biject_to
 from .distributions import StraightThroughBernoulli
 from .model import CELLS_DIM
 from .nets import Networks
-from .priors import prior_scope
+from .plates import prior_scope
 from .sites import ROLE_CONSTRAINTS, PriorSite, base_distribution
 
 __all__ = ["PriorGuide", "guide"]

@@ -14,7 +14,7 @@ from .heldout import MAX_ELEMENTS, log_prior_z
 from .likelihoods import count_distribution, dispersion_param
 from .posterior import GlobalDraws, draw_globals
 from .predictive import posterior_predictive
-from .train import DataOnDevice
+from .runtime import DataOnDevice
 
 __all__ = ["from_dict", "to_arviz"]
 

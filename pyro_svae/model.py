@@ -11,7 +11,8 @@ from pyro import poutine
 
 from .likelihoods import count_distribution, dispersion_param, get_likelihood
 from .nets import Networks
-from .priors import ShiftMoments, prior_scope
+from .plates import prior_scope
+from .priors import ShiftMoments
 
 __all__ = ["CELLS_DIM", "model", "cell_shifts", "call_prior"]
 

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from .factory import Components, Layout, SVAEConfig, build, create_params
-from .train import TrainConfig, param_scope
+from .runtime import param_scope
+from .train import TrainConfig
 
 __all__ = ["FORMAT", "save", "read", "restore"]
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from pyro.infer import Predictive
 
-from .train import DataOnDevice
+from .runtime import DataOnDevice
 
 __all__ = ["posterior_predictive", "ppc_summary", "STATISTICS", "positions"]
 

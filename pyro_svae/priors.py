@@ -21,7 +21,6 @@ conditional with ``infer={"guide": "prior"}``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import math
@@ -34,6 +33,7 @@ import torch
 from pyro import poutine
 
 from .distributions import InclusionProbability
+from .plates import LATENTS_DIM, PERTURBATIONS_DIM, latents_plate, perturbations_plate, plates, prior_scope
 
 __all__ = [
     "ShiftMoments", "PERTURBATIONS_DIM", "LATENTS_DIM", "plates", "perturbations_plate", "latents_plate",
@@ -41,8 +41,6 @@ __all__ = [
     "laplace", "horseshoe", "none", "PRIORS", "resolve_prior", "prior_name", "MIN_SHIFT",
 ]
 
-PERTURBATIONS_DIM = -2
-LATENTS_DIM = -1
 #: Default smallest shift (in units of the cells' within-perturbation SD) that counts as a target.
 MIN_SHIFT = 0.5
 
@@ -63,56 +61,6 @@ class ShiftMoments(NamedTuple):
     variance: torch.Tensor
     #: probability that each shift is non-zero (the posterior inclusion probability), if known
     inclusion: Optional[torch.Tensor] = None
-
-
-_SCOPES: list = []  # the plates of the prior calls in progress, innermost last
-
-
-@contextlib.contextmanager
-def prior_scope(device=None):
-    """Inside, :func:`plates`, :func:`perturbations_plate` and :func:`latents_plate` hand out one
-    plate object per name, created on first use: a prior can enter a plate several times.
-
-    The model and guide call the prior inside one; a prior called on its own gets fresh plates.
-    On a ``device`` other than the CPU, tensors the prior creates (``torch.zeros``,
-    ``torch.as_tensor``...) are created there.
-    """
-    _SCOPES.append({})
-    on_device = torch.device(device) if device is not None and torch.device(device).type != "cpu" else contextlib.nullcontext()
-    try:
-        with on_device:
-            yield
-    finally:
-        _SCOPES.pop()
-
-
-def _plate(name: str, size: int, dim: int) -> pyro.plate:
-    if not _SCOPES:
-        return pyro.plate(name, size, dim=dim)
-    scope = _SCOPES[-1]
-    if name not in scope:
-        scope[name] = pyro.plate(name, size, dim=dim)
-    plate = scope[name]
-    if plate.size != size:
-        raise ValueError(f"The {name!r} plate has size {plate.size} in this call of the prior, but got {size}.")
-    return plate
-
-
-def perturbations_plate(n_perturbations: int) -> pyro.plate:
-    """The ``perturbations`` plate (dim -2): sites inside are per perturbation."""
-    return _plate("perturbations", n_perturbations, PERTURBATIONS_DIM)
-
-
-def latents_plate(n_latent: int) -> pyro.plate:
-    """The ``latents`` plate (dim -1)."""
-    return _plate("latents", n_latent, LATENTS_DIM)
-
-
-@contextlib.contextmanager
-def plates(n_perturbations: int, n_latent: int):
-    """The ``perturbations`` x ``latents`` plates: sites inside have shape ``[P, K]``."""
-    with perturbations_plate(n_perturbations), latents_plate(n_latent):
-        yield
 
 
 def inclusion_logits(n_perturbations: int, n_latent: int, n_cells=None, min_shift: float = MIN_SHIFT,

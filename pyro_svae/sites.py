@@ -35,7 +35,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to, constraints
 
-from .priors import ShiftMoments, prior_scope
+from .plates import prior_scope
+from .priors import ShiftMoments
 
 __all__ = ["PriorSite", "NAMESPACE", "RESERVED", "ROLE_CONSTRAINTS", "MASK_INIT_LOGIT", "INIT_SCALE", "base_distribution",
            "describe_prior", "describe_guide", "prior_params"]
@@ -44,8 +45,7 @@ __all__ = ["PriorSite", "NAMESPACE", "RESERVED", "ROLE_CONSTRAINTS", "MASK_INIT_
 NAMESPACE = "PriorGuide"
 #: Names a prior may not give its sites or parameters: the model's own sites and parameters, its
 #: networks, and what the package exports beside the prior's sites.
-RESERVED = ("z", "counts", "cells", "shift_variance", "dispersion", "encoder", "decoder", "delta", "inclusion",
-            "slab")
+RESERVED = ("z", "counts", "cells", "shift_variance", "dispersion", "encoder", "decoder", "delta", "inclusion")
 #: Masks start on (probability 0.95) so every shift receives gradient from the data early;
 #: the sparsity penalty then switches off those the data do not need.
 MASK_INIT_LOGIT = 3.0

@@ -23,7 +23,8 @@ from .data import ScreenData, read_screen
 from .elbo import local_elbo
 from .factory import Components
 from .posterior import draw_globals
-from .train import DataOnDevice, TrainConfig, param_scope
+from .runtime import DataOnDevice, param_scope
+from .train import TrainConfig
 
 __all__ = ["SVAE"]
 

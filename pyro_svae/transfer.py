@@ -21,7 +21,8 @@ import torch
 
 from .data import _labels, _members, read_screen
 from .factory import Components, Layout, build, create_params
-from .train import TrainConfig, param_scope, train
+from .runtime import param_scope
+from .train import TrainConfig, train
 
 __all__ = ["transfer", "TRANSFER_STEPS"]
 

@@ -152,3 +152,21 @@ def test_builtin_prior_with_bound_options_round_trips(tmp_path):
     model.save(tmp_path / "m")
     loaded = pyro_svae.load(tmp_path / "m", adata=adata)
     assert np.allclose(loaded.get_latent(), model.get_latent())
+
+
+@pytest.mark.parametrize("prior", ["spike_and_slab", "horseshoe"])
+def test_models_saved_by_0_1_still_load(prior):
+    """tests/data holds models written by pyro_svae 0.1.0 (format 1, parameter names without a namespace)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    expected = json.loads((data / "model_0.1.0_expected.json").read_text())
+    adata = pyro_svae.datasets.simulate(**expected["screen"])
+    model = pyro_svae.load(data / f"model_0.1.0_{prior}", adata=adata)
+    assert np.allclose(model.get_latent()[:5], expected[prior]["latent_first_cells"], atol=1e-6)
+    if prior == "spike_and_slab":  # 0.1's prior, Beta(1, 50) with pi a point estimate
+        assert model.config.prior == "beta_spike_and_slab"
+        assert np.allclose(model.intervention_targets().to_numpy(), expected[prior]["intervention_targets"], atol=1e-6)
+    assert all(name.startswith(("PriorGuide.", "encoder$$$", "decoder$$$")) or name == "dispersion"
+               for name in model.params["params"])
+    assert np.isfinite(model.marginal_log_likelihood(n_samples=3, seed=0))

@@ -9,7 +9,7 @@ from pyro.optim import ClippedAdam
 from pyro_svae.data import read_screen
 from pyro_svae.factory import SVAEConfig, build, layout_of
 from pyro_svae.optim import MultiTensorClippedAdam
-from pyro_svae.train import DataOnDevice, param_scope
+from pyro_svae.runtime import DataOnDevice, param_scope
 
 from .conftest import make_screen
 

@@ -149,7 +149,7 @@ def _only(adata, keep: set):
 def test_fit_leaves_the_process_floating_point_mode_alone():
     import torch
 
-    from pyro_svae.train import _flushing_denormals
+    from pyro_svae.runtime import _flushing_denormals
 
     assert not _flushing_denormals()
     pyro_svae.fit(make_screen(), **FAST)
