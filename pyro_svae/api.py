@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import warnings
 from dataclasses import asdict
 from typing import Callable, Optional, Union
 
@@ -19,7 +20,9 @@ from .data import read_screen
 from .factory import SVAEConfig, build, layout_of
 from .likelihoods import get_likelihood
 from .persistence import read, restore
+from .posterior import draw_globals
 from .priors import prior_name
+from .results import inclusion_table
 from .svae import SVAE
 from .runtime import resolve_device
 from .train import TrainConfig, TrainingDiverged, auto_max_epochs, split_cells, train
@@ -80,6 +83,7 @@ def fit(
     allow_non_integer: bool = False,
     warm_start: Optional[str] = None,
     warm_start_fraction: float = 0.3,
+    track_targets: bool = False,
     seed: int = 0,
     device=None,
     progress: bool = True,
@@ -122,6 +126,9 @@ def fit(
         ``"rotate"``: spend ``warm_start_fraction`` of the epochs fitting dense Gaussian shifts,
         rotate the latent space to make them sparsest, then fit ``prior`` from there
         (:mod:`pyro_svae.warm_start`).
+    track_targets : bool
+        Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
+        :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
     seed : int
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
@@ -151,6 +158,10 @@ def fit(
     screen = read_screen(adata, perturbation_key, control, layer=layer, batch_key=batch_key,
                          separator=separator, allow_non_integer=allow_non_integer)
     train_cells, _ = split_cells(screen.n_cells, validation_fraction, np.random.default_rng(seed))
+    if batch_size > len(train_cells):  # as scvi-tools does: a smaller screen trains in one batch
+        warnings.warn(f"batch_size={batch_size} is larger than the {len(train_cells)} training cells; using "
+                      f"batch_size={len(train_cells)}.", UserWarning, stacklevel=2)
+        batch_size = len(train_cells)
     if max_epochs == "auto":
         max_epochs = auto_max_epochs(len(train_cells), batch_size)
     if kl_warmup_epochs == "auto":
@@ -188,10 +199,16 @@ def fit(
             components, screen, train_config, warm_start_fraction, device, progress)
         stages.append(dense_history.assign(stage="dense"))
         train_config = warm.remaining(train_config, n_dense)
+    trace: list = []
+
+    def track(epoch: int) -> None:
+        trace.append(inclusion_table(draw_globals(components, 10, device), layout, n_latent).stack().rename("pip")
+                     .reset_index().assign(epoch=epoch))
+
     try:
         history = train(screen, components, config=train_config, params=params, device=device, progress=progress,
                         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume,
-                        settings=settings)
+                        settings=settings, on_epoch_end=track if track_targets else None)
     except TrainingDiverged as error:
         if error.restored:
             error.model = SVAE(components, params, history=error.history, train_config=train_config, device=device,
@@ -199,7 +216,12 @@ def fit(
         raise
     if stages:
         history = warm.join_histories(stages + [history])
-    return SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
+    model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
+    if track_targets:
+        offset = history["epoch"].max() + 1 - len(trace)  # epochs of a warm start come first
+        model.target_trace = pd.concat(trace, ignore_index=True).assign(epoch=lambda t: t["epoch"] + offset)[
+            ["epoch", "perturbation", "latent", "pip"]]
+    return model
 
 
 def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVAE:

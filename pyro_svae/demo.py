@@ -20,16 +20,8 @@ DEMO_SCREEN = dict(n_perturbations=30, n_latent=6, n_genes=100, n_cells_per_pert
                    max_targets=2, seed=0)
 
 
-def recovery(model, adata) -> dict:
-    """Latent MCC (Pearson, Spearman), R^2 and target precision/recall/F1 against the simulated truth."""
-    latent = model.get_latent(adata)
-    truth = adata.obsm["z_true"]
-    matching = metrics.match_latents(latent, truth)
-    names = list(adata.uns["perturbation_names"])
-    rows = [names.index(p) for p in model.perturbation_names]
-    scores = metrics.target_scores(model.intervention_targets().to_numpy(), adata.uns["true_targets"][rows], matching)
-    return {"mcc": metrics.mcc(latent, truth), "mcc_spearman": metrics.mcc(latent, truth, "spearman"),
-            "r2": metrics.r2(latent, truth), **{f"target_{k}": v for k, v in scores.items()}}
+#: Recovery metrics against the simulated truth (:func:`pyro_svae.metrics.recovery`).
+recovery = metrics.recovery
 
 
 def posterior_predictive_check(model, num_samples: int = 50):
@@ -79,7 +71,8 @@ def main(argv=None) -> dict:
         if prior == "spike_and_slab":
             fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
             pl.training(model, ax=axes[0])
-            pl.targets(model, ax=axes[1])
+            matching = metrics.match_latents(model.get_latent(adata), adata.obsm["z_true"])
+            pl.targets(model, ax=axes[1], truth=metrics.true_targets_of(model, adata, matching))
             axes[0].set_title("training")
             axes[1].set_title("posterior inclusion probabilities")
             fig.tight_layout()

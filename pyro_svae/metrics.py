@@ -13,7 +13,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores", "aligned_calls", "false_discovery", "jaccard"]
+__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores", "aligned_calls", "false_discovery", "jaccard",
+           "true_targets_of", "recovery"]
 
 
 class Matching(NamedTuple):
@@ -114,3 +115,32 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"Expected call tables of the same shape, but got {a.shape} and {b.shape}.")
     union = int((a | b).sum())
     return float((a & b).sum() / union) if union else 1.0
+
+
+def true_targets_of(model, adata, matching: Matching) -> np.ndarray:
+    """The simulator's true targets ``[P, K_learned]`` in the model's perturbation and latent order.
+
+    Reads ``adata.uns["true_targets"]`` (rows in ``adata.uns["perturbation_names"]``); learned
+    latents matched to no true one have no true target. For plots: ``pl.targets(model, truth=...)``.
+    """
+    names = list(adata.uns["perturbation_names"])
+    truth = np.asarray(adata.uns["true_targets"], bool)[[names.index(p) for p in model.perturbation_names]]
+    aligned = np.zeros((truth.shape[0], model.config.n_latent), dtype=bool)
+    aligned[:, matching.learned_index] = truth[:, matching.true_index]
+    return aligned
+
+
+def recovery(model, adata) -> dict:
+    """Latent MCC (Pearson, Spearman), R^2 and target precision/recall/F1 against a simulated truth.
+
+    ``adata`` is a screen of :func:`pyro_svae.datasets.simulate` (``obsm["z_true"]``,
+    ``uns["true_targets"]``); targets are called at PIP > 0.5.
+    """
+    latent, truth = model.get_latent(adata), adata.obsm["z_true"]
+    matching = match_latents(latent, truth)
+    names = list(adata.uns["perturbation_names"])
+    rows = [names.index(p) for p in model.perturbation_names]
+    scores = target_scores(model.intervention_targets().to_numpy(), np.asarray(adata.uns["true_targets"])[rows],
+                           matching)
+    return {"mcc": float(matching.correlations.mean()), "mcc_spearman": mcc(latent, truth, "spearman"),
+            "r2": float((matching.correlations ** 2).mean()), **{f"target_{k}": v for k, v in scores.items()}}

@@ -4,11 +4,12 @@ FDR, and their form in ``adata.uns`` (plain arrays and strings, so they survive 
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["SHIFT_THRESHOLD", "inclusion_table", "shift_table", "call_targets", "to_uns", "from_uns"]
+__all__ = ["SHIFT_THRESHOLD", "inclusion_table", "shift_table", "call_targets", "by_group", "to_uns", "from_uns"]
 
 #: For priors without a mask, a latent counts as a target when ``|shift| > SHIFT_THRESHOLD``
 #: (in units of the prior's unit standard deviation of ``z``).
@@ -44,6 +45,16 @@ def call_targets(pips: pd.DataFrame, fdr: float) -> pd.DataFrame:
     calls.attrs["threshold"] = float(calls["pip"].min()) if n_called else float("nan")
     calls.attrs["expected_fdp"] = float(expected_fdp[n_called - 1]) if n_called else 0.0
     return calls
+
+
+def by_group(values: np.ndarray, adata, by: Optional[str], name: str):
+    """The mean of per-cell ``values`` ``[n_cells]``: overall (``by=None``, a float) or per group of
+    ``adata.obs[by]`` (a ``pandas.Series`` called ``name``)."""
+    if by is None:
+        return float(values.mean())
+    if by not in adata.obs.columns:
+        raise KeyError(f"by={by!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}.")
+    return pd.Series(values, index=adata.obs_names).groupby(adata.obs[by].astype(str).to_numpy()).mean().rename(name)
 
 
 def to_uns(svae, num_samples: int = 200) -> dict:

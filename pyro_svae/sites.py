@@ -143,12 +143,16 @@ def _trace(prior: Callable, n_perturbations: int, n_latent: int):
     try:
         with prior_scope():
             return poutine.trace(prior).get_trace(n_perturbations, n_latent)
-    except RuntimeError as err:
-        if "Multiple sample sites named" in str(err):
-            raise ValueError(f"{err}. A plate is a sample site: create each once, e.g. with "
+    except (RuntimeError, ValueError, TypeError) as err:
+        message = str(err).split("\nTrace Shapes:")[0].strip()  # Pyro appends the shapes of the trace
+        if "Multiple sample sites named" in message:
+            raise ValueError(f"{message}. A plate is a sample site: create each once, e.g. with "
                              "pyro_svae.priors.latents_plate(K) next to plates(P, K), which reuse one plate "
                              "per name.") from None
-        raise
+        options = getattr(prior, "keywords", None)
+        where = f" with options {options}" if options else ""
+        raise type(err)(f"The prior failed when called as prior({n_perturbations}, {n_latent}){where}: "
+                        f"{message}") from None
 
 
 def describe_prior(prior: Callable, n_perturbations: int, n_latent: int) -> Tuple[PriorSite, ...]:

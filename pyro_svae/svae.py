@@ -18,7 +18,7 @@ import pandas as pd
 import pyro
 import torch
 
-from . import heldout, inference_data, interventions, persistence, predictive, results, transfer
+from . import heldout, inference_data, interpretation, interventions, persistence, predictive, results, transfer
 from .data import ScreenData, read_screen
 from .elbo import local_elbo
 from .factory import Components
@@ -51,7 +51,7 @@ class SVAE:
         self.history = pd.DataFrame() if history is None else history
         self.train_config = train_config or TrainConfig()
         self.device, self.adata = torch.device(device), adata
-        self.transfer_history = None
+        self.transfer_history = self.target_trace = None
 
     config = property(lambda self: self.components.config)
     layout = property(lambda self: self.components.layout)
@@ -60,6 +60,13 @@ class SVAE:
     gene_names = property(lambda self: self.layout.genes)
     perturbation_names = property(lambda self: self.layout.perturbations)
     batch_names = property(lambda self: self.layout.batches)
+
+    @property
+    def restored_epoch(self) -> Optional[int]:
+        """The epoch whose parameters the model holds (early stopping restores the best), if known."""
+        if "restored" not in self.history or not self.history["restored"].any():
+            return None
+        return int(self.history.loc[self.history["restored"].astype(bool), "epoch"].iloc[-1])
 
     def __repr__(self) -> str:
         return (f"SVAE(prior={self.config.prior!r}, n_latent={self.config.n_latent}, likelihood={self.config.likelihood!r}, "
@@ -88,14 +95,6 @@ class SVAE:
             index = np.arange(start, min(start + batch_size, screen.n_cells))
             yield index, on_device.minibatch(index)
 
-    @staticmethod
-    def _by(values: np.ndarray, adata, by: Optional[str], name: str):
-        if by is None:
-            return float(values.mean())
-        if by not in adata.obs.columns:
-            raise KeyError(f"by={by!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}.")
-        return pd.Series(values, index=adata.obs_names).groupby(adata.obs[by].astype(str).to_numpy()).mean().rename(name)
-
     @contextlib.contextmanager
     def _seeded(self, seed: Optional[int]):
         if seed is not None:
@@ -122,7 +121,7 @@ class SVAE:
         functions = self.components.functions()
         with self._seeded(seed):
             values = torch.cat([local_elbo(*functions, b).cpu() for _, b in self._minibatches(screen, batch_size)])
-        return self._by(values.numpy(), adata, by, "elbo")
+        return results.by_group(values.numpy(), adata, by, "elbo")
 
     # ---- perturbations --------------------------------------------------------------------
     def global_draws(self, num_samples: int = 200, seed: Optional[int] = None):
@@ -131,14 +130,11 @@ class SVAE:
             return draw_globals(self.components, num_samples, self.device)
 
     def intervention_targets(self, num_samples: int = 200, seed: Optional[int] = None) -> pd.DataFrame:
-        """Posterior inclusion probabilities ``[perturbations x latents]`` in [0, 1].
-
-        For ``spike_and_slab``, ``q(mask = 1)``: the variational posterior that the latent is a
-        target (at the ELBO's optimum, the posterior of the mask given the cells of the
-        perturbation and the other parameters). For a prior with one Bernoulli-family site per
-        perturbation and latent, that site's guide probability; otherwise the probability under
-        the guide that ``|delta| > 0.5`` (:data:`~pyro_svae.results.SHIFT_THRESHOLD`).
-        """
+        """Posterior inclusion probabilities ``[perturbations x latents]`` in [0, 1]: for
+        ``spike_and_slab``, ``q(mask = 1)``, the variational posterior that the latent is a target
+        (at the ELBO's optimum, the posterior of the mask given the perturbation's cells and the
+        other parameters); for a prior with one Bernoulli-family site per perturbation and latent,
+        its guide probability; otherwise the guide's probability that ``|delta| > 0.5``."""
         return results.inclusion_table(self.global_draws(num_samples, seed), self.layout, self.config.n_latent)
 
     def shifts(self, num_samples: int = 200, seed: Optional[int] = None) -> pd.DataFrame:
@@ -146,14 +142,35 @@ class SVAE:
         return results.shift_table(self.global_draws(num_samples, seed), self.layout, self.config.n_latent)
 
     def target_calls(self, fdr: float = 0.05, num_samples: int = 200) -> pd.DataFrame:
-        """Targets called with a Bayesian false discovery rate (Newton et al. 2004).
-
-        The largest set of (perturbation, latent) pairs, by decreasing inclusion probability, whose
-        expected false discovery proportion (the mean of ``1 - PIP`` over the set) is at most
-        ``fdr``. Columns ``perturbation``, ``latent``, ``pip``; ``attrs["threshold"]`` is the
-        smallest PIP called and ``attrs["expected_fdp"]`` the expected proportion.
-        """
+        """Targets called at a Bayesian false discovery rate (Newton et al. 2004): the largest set of
+        (perturbation, latent) pairs by decreasing PIP whose mean ``1 - PIP`` is at most ``fdr``.
+        Columns ``perturbation``, ``latent``, ``pip``; ``attrs["threshold"]`` (smallest PIP called),
+        ``attrs["expected_fdp"]``."""
         return results.call_targets(self.intervention_targets(num_samples), fdr)
+
+    # ---- gene space ----------------------------------------------------------------------
+    def gene_programs(self, adata=None, batch_size: int = 512) -> pd.DataFrame:
+        """Each latent's gene program ``[K x G]``: the mean over the cells of ``adata`` (default: the
+        training cells) of ``d log mu_g / d z_k``, the change in gene ``g``'s log mean expression per
+        unit of latent ``k`` (:func:`pyro_svae.interpretation.gene_programs`; its ``top_genes``
+        lists a latent's strongest genes)."""
+        screen = self._read(adata)
+        with self.scope():
+            return interpretation.gene_programs(self.components, self._minibatches(screen, batch_size), screen.n_cells)
+
+    def perturbation_effects(self, perturbations=None, interval: float = 0.9, num_samples: int = 200,
+                             n_cells: int = 200, seed: Optional[int] = None) -> pd.DataFrame:
+        """Predicted log2 fold change of mean expression against controls, per perturbation (default:
+        all) and gene, with a central credible ``interval`` over the global sites and the cells: a
+        long table ``perturbation, gene, lfc, lower, upper``
+        (:func:`pyro_svae.interpretation.perturbation_effects`)."""
+        labels = list(self.perturbation_names) if perturbations is None else (
+            [perturbations] if isinstance(perturbations, str) else list(perturbations))
+        codes = interventions.encode_labels(self.components, labels)
+        batches = list(range(self.layout.n_batches)) or None
+        with self._seeded(seed):
+            return interpretation.perturbation_effects(self.components, labels, codes, batches, self.device,
+                                                       num_samples, n_cells, interval)
 
     # ---- checks and export ----------------------------------------------------------------
     def posterior_predictive(self, adata=None, num_samples: int = 100, genes=None, cells=None,
@@ -233,12 +250,9 @@ class SVAE:
 
     def marginal_log_likelihood(self, adata=None, n_samples: int = 100, by: Optional[str] = None,
                                 batch_size: int = 256, seed: Optional[int] = None):
-        """Importance-weighted ELBO per cell (:mod:`pyro_svae.heldout`), averaged (or per ``by`` group).
-
-        A lower bound on the held-out log-likelihood ``log E_q(g)[p(x | g)]`` that tightens with
-        ``n_samples`` importance samples (1 gives an ELBO); global sites drawn once per sample,
-        masks a prior integrates out summed exactly; memory bounded for ``n_samples=1000``.
-        """
+        """Importance-weighted ELBO per cell (:mod:`pyro_svae.heldout`), averaged (or per ``by``
+        group): a lower bound on the held-out ``log E_q(g)[p(x | g)]`` that tightens with
+        ``n_samples`` (1 gives an ELBO); masks a prior integrates out are summed exactly."""
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, but got {n_samples}.")
         adata = self._adata(adata)
@@ -247,7 +261,7 @@ class SVAE:
             draws = draw_globals(self.components, n_samples, self.device)
             values = torch.cat([heldout.iwelbo(self.components, b, draws).cpu()
                                 for _, b in self._minibatches(screen, batch_size)])
-        return self._by(values.double().numpy(), adata, by, "marginal_log_likelihood")
+        return results.by_group(values.double().numpy(), adata, by, "marginal_log_likelihood")
 
     def predict(self, perturbations, n_cells: int = 100, batch: Optional[str] = None, library=None,
                 seed: Optional[int] = None):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,7 @@ def train(
     resume=None,
     settings: Optional[dict] = None,
     frozen: Optional[dict] = None,
+    on_epoch_end: Optional[Callable[[int], None]] = None,
 ) -> pd.DataFrame:
     """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam`` (multi-tensor).
 
@@ -135,7 +137,12 @@ def train(
     a boolean tensor of its shape (``True`` entries): their gradients are zeroed, so Adam leaves
     them exactly as they were. :meth:`SVAE.transfer` fits only new perturbations' rows this way.
     Guide parameters of the prior's sites (``components.sites``) learn at ``config.prior_lr``,
-    everything else at ``config.lr``.
+    everything else at ``config.lr``. ``on_epoch_end(epoch)`` is called after each epoch, with the
+    model's parameters in the param store.
+
+    The history's ``restored`` column marks the epoch whose parameters the model keeps, and
+    ``kl_weight`` the warm-up weight reached. A ``UserWarning`` says when ``max_epochs`` ran out
+    while the validation ELBO was still improving.
     """
     rng = np.random.default_rng(config.seed)
     train_index, val_index = split_cells(data.n_cells, config.validation_fraction, rng)
@@ -160,7 +167,8 @@ def train(
     svi = SVI(model_fn, guide_fn, MultiTensorClippedAdam(optim_args), loss=TraceMeanField_ELBO())
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
-    rows, best, best_elbo, since_best, step, first_epoch = [], None, -math.inf, 0, 0, 0
+    rows, best, best_elbo, since_best, step, first_epoch, best_epoch = [], None, -math.inf, 0, 0, 0, None
+    stopped_early = False
     nets.to(device)
     # argument validation is off while training (it costs time each step, and a NaN must reach the
     # loss check below, which restores the best parameters, rather than raise deep inside torch)
@@ -177,6 +185,7 @@ def train(
             counters = document["progress"]
             rows, step, since_best = counters["rows"], counters["step"], counters["since_best"]
             best_elbo, first_epoch = counters["best_elbo"], counters["epoch"] + 1
+            best_epoch = counters.get("best_epoch")
         bar = tqdm(range(first_epoch, config.max_epochs), disable=not progress, desc="pyro_svae", unit="epoch")
         try:
             for epoch in bar:
@@ -206,7 +215,7 @@ def train(
                 nets.eval()
                 row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / len(train_index),
                        "train_elbo": _mean_elbo(model_fn, guide_fn, on_device, monitor_index, 4 * config.batch_size),
-                       "validation_elbo": np.nan}
+                       "validation_elbo": np.nan, "kl_weight": kl_weight}
                 if n_val:
                     row["validation_elbo"] = _mean_elbo(model_fn, guide_fn, on_device, val_index, 4 * config.batch_size)
                 rows.append(row)
@@ -217,25 +226,37 @@ def train(
                     recent = [r["validation_elbo"] for r in rows[-EARLY_STOPPING_WINDOW:]]
                     smoothed = float(np.mean(recent))
                     if smoothed > best_elbo:
-                        best, best_elbo, since_best = _snapshot(store), smoothed, 0
+                        best, best_elbo, since_best, best_epoch = _snapshot(store), smoothed, 0, epoch
                     else:
                         since_best += 1
                         if since_best >= config.patience:
-                            logger.info("Early stopping at epoch %d (best validation ELBO %.3f).", epoch, best_elbo)
+                            stopped_early = True
+                            bar.close()  # the message goes after the bar, not over it
+                            logger.info("Early stopping at epoch %d; parameters of epoch %d restored (smoothed "
+                                        "validation ELBO %.3f).", epoch, best_epoch, best_elbo)
                             break
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
                 if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
                     save_checkpoint(
                         checkpoint_dir, settings=settings or {}, params=store.get_state()["params"],
                         optim_state=svi.optim.get_state(), best=best, numpy_rng_state=rng.bit_generator.state,
                         progress={"epoch": epoch, "step": step, "since_best": since_best, "best_elbo": best_elbo,
-                                  "rows": rows})
+                                  "best_epoch": best_epoch, "rows": rows})
         except KeyboardInterrupt:
             logger.warning("Training interrupted at step %d; keeping the best parameters so far.", step)
+        bar.close()
         if best is not None:
             _restore(store, best)
     nets.eval()
-    return _history(rows)
+    if best is not None and not stopped_early and rows and best_epoch >= rows[-1]["epoch"] - 1:
+        warnings.warn("Training used every epoch (max_epochs) while the validation ELBO was still improving: its "
+                      "best is at the end. A longer fit may do better.", UserWarning, stacklevel=3)
+    return _history(rows, best_epoch if best is not None else None)
 
 
-def _history(rows) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["epoch", "train_elbo", "validation_elbo", "loss"])
+def _history(rows, restored_epoch: Optional[int] = None) -> pd.DataFrame:
+    history = pd.DataFrame(rows, columns=["epoch", "train_elbo", "validation_elbo", "loss", "kl_weight"])
+    restored = history["epoch"].max() if restored_epoch is None else restored_epoch
+    history["restored"] = history["epoch"] == restored
+    return history

@@ -111,10 +111,12 @@ def remaining(train_config, n_dense: int):
 def join_histories(histories):
     """One history of consecutive stages (each with a ``stage`` column), epochs numbered through."""
     frames, offset = [], 0
-    for history in histories:
+    for i, history in enumerate(histories):
         history = history.copy()
         if "stage" not in history:
             history["stage"] = "sparse"
+        if i < len(histories) - 1 and "restored" in history:
+            history["restored"] = False  # the model keeps the last stage's parameters
         history["epoch"] = history["epoch"] + offset
         offset += len(history)
         frames.append(history)

@@ -208,15 +208,20 @@ def test_ppc_plot_from_inference_data_and_given_axes(idata):
     plt.close(fig)
 
 
-def test_latent_plot_shows_control_and_most_shifted(fitted):
+def test_latent_plot_shows_control_and_the_perturbations_shifting_each_latent(fitted):
     model, adata = fitted
     written = model.write(adata, copy=True)
-    axes = pl.latent(model, written, n_perturbations=2)
+    axes = pl.latent(model, written, n_perturbations=2, min_shift=0.0)
     assert len(axes) == model.config.n_latent
     shifts = pd.DataFrame(written.uns["svae"]["shifts"], index=list(written.uns["svae"]["perturbation_names"]))
-    expected = ["control"] + list(shifts.abs().max(axis=1).sort_values(ascending=False).index[:2])
-    assert [t.get_text() for t in axes[0].get_xticklabels()] == expected
-    assert len([c for c in axes[0].collections if isinstance(c, PolyCollection)]) == 3  # one violin each
+    for k, ax in enumerate(axes):
+        expected = ["control"] + list(shifts[k].abs().sort_values(ascending=False).index[:2])
+        assert [t.get_text() for t in ax.get_yticklabels()] == expected
+        assert ax.get_title().startswith(f"latent {k}")
+        assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 3  # one violin each
+    plt.close("all")
+    axes = pl.latent(model, written, min_shift=1e9)  # nothing shifts that much: controls only, said so
+    assert all("no shifted perturbation" in ax.get_title() for ax in axes)
     plt.close("all")
 
 

@@ -53,7 +53,7 @@ def test_backed_rows_in_any_order_and_dense_files(tmp_path):
 
 
 def test_backed_validation_reads_in_chunks_and_rejects_bad_values(tmp_path, monkeypatch):
-    import pyro_svae.data as data
+    import pyro_svae.counts as data
 
     monkeypatch.setattr(data, "BACKED_CHUNK", 7)
     adata = make_screen(n_perturbations=2, n_cells_per_perturbation=10, seed=0)
@@ -66,7 +66,7 @@ def test_backed_validation_reads_in_chunks_and_rejects_bad_values(tmp_path, monk
 
 
 def test_reading_a_backed_file_does_not_load_the_matrix(tmp_path, monkeypatch):
-    import pyro_svae.data as data
+    import pyro_svae.counts as data
 
     monkeypatch.setattr(data, "BACKED_CHUNK", 2_000)
     n_cells, n_genes = 60_000, 1_000
@@ -134,7 +134,7 @@ def test_sparse_screen_of_200k_cells_trains_within_1gb_above_the_data():
 
 
 def test_value_checks_in_bounded_chunks_still_find_the_bad_value():
-    from pyro_svae.data import _check_values
+    from pyro_svae.counts import _check_values
 
     values = np.ones(1000, np.float32)
     values[-1] = 0.5  # in the last chunk
