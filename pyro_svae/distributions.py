@@ -38,7 +38,7 @@ class InclusionProbability(dist.TorchDistribution):
     (``infer={"guide": "delta"}``) optimises exactly the mean-field ELBO of the mask while the
     rest of the model uses the moments of ``mask`` (:class:`~pyro_svae.priors.ShiftMoments`).
     ``a`` is then the variational posterior probability that the mask is on. ``sample`` returns
-    the mode, ``sigmoid(logits)``.
+    the mode, ``sigmoid(logits)`` (within ``1e-6`` of 0 and 1).
     """
 
     arg_constraints = {"logits": constraints.real}
@@ -52,7 +52,8 @@ class InclusionProbability(dist.TorchDistribution):
         return InclusionProbability(self.logits.expand(batch_shape))
 
     def sample(self, sample_shape=torch.Size()):
-        return torch.sigmoid(self.logits).expand(self._extended_shape(sample_shape))
+        # kept in [_EPS, 1 - _EPS]: the prior odds of a perturbation with thousands of cells underflow
+        return torch.sigmoid(self.logits).clamp(_EPS, 1 - _EPS).expand(self._extended_shape(sample_shape))
 
     def log_prob(self, value):
         a = value.clamp(_EPS, 1 - _EPS)

@@ -117,7 +117,9 @@ def spike_and_slab(n_perturbations: int, n_latent: int, *, n_cells=None, min_shi
             shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
             return mask * shift
         pi = pyro.sample("pi", InclusionProbability(logits), infer={"guide": "delta", "init": 0.95})  # [P, K]
-        with poutine.scale(scale=pi):  # the slab is paid for only when the target is on
+        # the slab is paid for only when the target is on; the floor keeps the scale positive when
+        # pi underflows (a scale of 1e-30 on a KL of a few nats is nothing)
+        with poutine.scale(scale=pi.clamp(min=1e-30)):
             shift = pyro.sample("shift", dist.Normal(0.0, slab_scale))  # [P, K]
     return ShiftMoments(pi * shift, pi * (1 - pi) * shift**2, inclusion=pi)
 

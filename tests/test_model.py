@@ -191,3 +191,19 @@ def test_collapsed_mask_is_the_exact_expectation_of_the_sampled_mask():
         weight = torch.where(mask.bool(), pi, 1 - pi).prod()
         expected = expected + weight * z_score(beta_sampled, {"pi": pi, "shift": shift, "mask": mask})
     assert collapsed.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_spike_and_slab_with_thousands_of_cells_per_perturbation():
+    """The prior odds of a target fall with the cells: with thousands they underflow float32."""
+    from pyro_svae.factory import Layout, SVAEConfig, build, create_params
+    from pyro_svae.runtime import flush_denormals, param_scope
+
+    layout = Layout(tuple(f"g{i}" for i in range(G)), tuple(f"p{i}" for i in range(P)), None, (5000,) * P)
+    with flush_denormals(True), pyro.validation_enabled(True):
+        components = build(SVAEConfig(n_latent=K, n_hidden=8, n_layers=1), layout)
+        with param_scope({}):
+            create_params(components, "cpu")
+            model_fn, guide_fn = components.functions()
+            batch = {"library": torch.full((B,), 100.0), "perturbations": torch.randint(0, P + 1, (B, 1)),
+                     "batch": None, "counts": torch.poisson(torch.full((B, G), 3.0))}
+            assert np.isfinite(TraceMeanField_ELBO().loss(model_fn, guide_fn, **batch))
