@@ -280,10 +280,15 @@ def main(argv=None) -> pd.DataFrame:
     jobs.sort(key=lambda job: -grid_screens("all")[job[0]]["n_latent"])
     print(f"{len(jobs)} fits to run, {len(done)} already in {path}")
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        for future in as_completed([pool.submit(run, *job) for job in jobs]):
-            row = future.result()
+        futures = {pool.submit(run, *job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                row = future.result()
+            except Exception as error:  # one failed fit is reported, never loses the others
+                print(f"{' '.join(map(str, futures[future]))}: FAILED {type(error).__name__}: {error}", flush=True)
+                continue
             with path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(row, default=float) + "\n")
             print(f"{row['screen']:>18} seed {row['screen_seed']}/{row['fit_seed']} {row['method']:>16}: "
                   f"MCC {row['mcc']:.3f} F1 {row['target_f1']:.3f} FDP(0.1) {row['fdp_0.1']:.2f} "
                   f"{row['seconds']:.0f} s", flush=True)

@@ -39,7 +39,7 @@ def model_graph_svg():
     adata = datasets.simulate(n_perturbations=3, n_latent=2, n_genes=50, n_cells_per_perturbation=10, n_control=10,
                              max_targets=1)
     model = fit(adata, n_latent=2, n_hidden=8, n_layers=1, batch_size=16, max_epochs=1, progress=False)
-    model_fn, _ = model._functions()
+    model_fn, _ = model.components.functions()
     batch = {"library": torch.ones(4), "perturbations": torch.zeros(4, 1, dtype=torch.long), "batch": None,
              "counts": torch.ones(4, 50)}
     return pyro.render_model(model_fn, model_kwargs=batch, render_distributions=True).pipe(format="svg").decode()
