@@ -84,6 +84,7 @@ def fit(
     warm_start: Optional[str] = None,
     warm_start_fraction: float = 0.3,
     track_targets: bool = False,
+    objective: str = "fused",
     seed: int = 0,
     device=None,
     progress: bool = True,
@@ -129,6 +130,10 @@ def fit(
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
+    objective : {"fused", "pyro"}
+        ``"fused"``: ``TraceMeanField_ELBO``'s estimator computed in one pass
+        (:mod:`pyro_svae.objective`, tested equal to Pyro's on the same draws, faster); ``"pyro"``:
+        Pyro's ``SVI`` with ``TraceMeanField_ELBO`` on :func:`pyro_svae.model` and :func:`pyro_svae.guide`.
     seed : int
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
@@ -177,7 +182,7 @@ def fit(
     train_config = TrainConfig(
         batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, kl_warmup_epochs=kl_warmup_epochs,
         validation_fraction=validation_fraction, early_stopping=early_stopping and validation_fraction > 0,
-        patience=patience, seed=seed,
+        patience=patience, seed=seed, objective=objective,
     )
     device = resolve_device(device)
     pyro.set_rng_seed(seed)

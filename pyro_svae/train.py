@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .checkpoint import save_checkpoint
 from .data import ScreenData
 from .elbo import local_elbo
+from .objective import cell_elbo, register_networks, step_function
 from .factory import Components
 from .optim import MultiTensorClippedAdam
 from .runtime import DataOnDevice, flush_denormals, param_scope
@@ -57,6 +58,8 @@ class TrainConfig:
     patience: int = 50
     seed: int = 0
     clip_norm: float = 10.0
+    #: "fused" (pyro_svae.objective, TraceMeanField_ELBO's estimator in one pass) or "pyro" (SVI itself)
+    objective: str = "fused"
 
 
 def auto_max_epochs(n_cells: int, batch_size: int) -> int:
@@ -72,12 +75,32 @@ def split_cells(n_cells: int, validation_fraction: float, rng: np.random.Generat
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _mean_elbo(model_fn, guide_fn, data: DataOnDevice, index: np.ndarray, batch_size: int) -> float:
+def _mean_elbo(cell_elbos: Callable, data: DataOnDevice, index: np.ndarray, batch_size: int) -> float:
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
-            total += local_elbo(model_fn, guide_fn, data.minibatch(index[start:start + batch_size])).sum().item()
+            total += cell_elbos(data.minibatch(index[start:start + batch_size])).sum().item()
     return total / max(1, len(index))
+
+
+def _stepper(name: str, components: Components, optimizer, store, n_train: int, device):
+    """``(take_step, cell_elbos)`` of the training objective ``name``: ``"fused"`` (:mod:`pyro_svae.objective`)
+    or ``"pyro"`` (Pyro's ``SVI`` with ``TraceMeanField_ELBO`` on the model and guide functions)."""
+    if name == "fused":
+        register_networks(components)
+        step = step_function(components, optimizer, store)
+        return (lambda batch, index, kl_weight: step(batch, n_train, kl_weight)), \
+            (lambda batch: cell_elbo(components, batch))
+    if name != "pyro":
+        raise ValueError(f"Expected objective 'fused' or 'pyro', but got {name!r}.")
+    model_fn, guide_fn = components.functions()
+    svi = SVI(model_fn, guide_fn, optimizer, loss=TraceMeanField_ELBO())
+
+    def take_step(batch, index, kl_weight):
+        loss = svi.step(n_cells=n_train, cell_index=torch.as_tensor(index, device=device), kl_weight=kl_weight, **batch)
+        return loss, np.nan
+
+    return take_step, (lambda batch: local_elbo(model_fn, guide_fn, batch))
 
 
 @contextlib.contextmanager
@@ -152,11 +175,8 @@ def train(
             f"batch_size={config.batch_size} is larger than the {len(train_index)} training cells; "
             "expected batch_size <= number of cells (after the validation split)."
         )
-    monitor_index = np.sort(rng.choice(train_index, size=min(len(train_index), max(n_val, 1024)), replace=False))
-
     on_device = DataOnDevice(data, device)
     nets = components.nets
-    model_fn, guide_fn = components.functions()
     global_params = {name for site in components.sites for name in site.params.values()}
 
     def optim_args(param_name):
@@ -164,21 +184,24 @@ def train(
         return {"lr": lr, "clip_norm": config.clip_norm}
 
     # ClippedAdam's updates, bit for bit, with multi-tensor kernels (pyro_svae.optim)
-    svi = SVI(model_fn, guide_fn, MultiTensorClippedAdam(optim_args), loss=TraceMeanField_ELBO())
+    optimizer = MultiTensorClippedAdam(optim_args)
     steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
     warmup_steps = config.kl_warmup_epochs * steps_per_epoch
     rows, best, best_elbo, since_best, step, first_epoch, best_epoch = [], None, -math.inf, 0, 0, 0, None
     stopped_early = False
     nets.to(device)
+    n_train = len(train_index)
     # argument validation is off while training (it costs time each step, and a NaN must reach the
     # loss check below, which restores the best parameters, rather than raise deep inside torch)
     with param_scope(params) as store, pyro.validation_enabled(False), flush_denormals(device.type == "cpu"), \
             _frozen(store, frozen or {}):
+        take_step, cell_elbos = _stepper(config.objective, components, optimizer, store, n_train, device)
         if resume is not None:
             document, tensors = resume
-            svi.evaluate_loss(**on_device.minibatch(train_index[:2]))  # creates every parameter
+            with torch.no_grad():
+                cell_elbos(on_device.minibatch(train_index[:2]))  # creates every parameter
             _restore(store, {k: v.to(device) for k, v in tensors["params"].items()})
-            svi.optim.set_state(tensors["optim"])
+            optimizer.set_state(tensors["optim"])
             best = {k: v.to(device) for k, v in tensors["best"].items()} or None
             torch.set_rng_state(tensors["torch_rng"])
             rng.bit_generator.state = document["numpy_rng"]
@@ -191,14 +214,12 @@ def train(
             for epoch in bar:
                 nets.train()
                 perm = rng.permutation(train_index)
-                epoch_loss = 0.0
+                epoch_loss, epoch_cells = 0.0, 0.0
                 for start in range(0, len(perm), config.batch_size):
                     index = np.sort(perm[start:start + config.batch_size])
                     # warm-up weights > 0: the exact KL takes the guide site's scale, which must be positive
                     kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-                    batch = on_device.minibatch(index)
-                    loss = svi.step(n_cells=len(train_index), cell_index=torch.as_tensor(index, device=device),
-                                    kl_weight=kl_weight, **batch)
+                    loss, cells = take_step(on_device.minibatch(index), index, kl_weight)
                     step += 1
                     if not math.isfinite(loss):
                         if best is not None:
@@ -212,12 +233,14 @@ def train(
                         error.restored = best is not None
                         raise error
                     epoch_loss += loss
+                    epoch_cells += cells
                 nets.eval()
-                row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / len(train_index),
-                       "train_elbo": _mean_elbo(model_fn, guide_fn, on_device, monitor_index, 4 * config.batch_size),
-                       "validation_elbo": np.nan, "kl_weight": kl_weight}
+                # the training cells' ELBO is read off the steps themselves (as the parameters moved
+                # during the epoch), not from a second pass over the data
+                row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / n_train,
+                       "train_elbo": epoch_cells / n_train, "validation_elbo": np.nan, "kl_weight": kl_weight}
                 if n_val:
-                    row["validation_elbo"] = _mean_elbo(model_fn, guide_fn, on_device, val_index, 4 * config.batch_size)
+                    row["validation_elbo"] = _mean_elbo(cell_elbos, on_device, val_index, 4 * config.batch_size)
                 rows.append(row)
                 bar.set_postfix(elbo=f"{row['train_elbo']:.1f}", val=f"{row['validation_elbo']:.1f}")
                 if n_val and config.early_stopping and epoch >= config.kl_warmup_epochs:
@@ -240,7 +263,7 @@ def train(
                 if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
                     save_checkpoint(
                         checkpoint_dir, settings=settings or {}, params=store.get_state()["params"],
-                        optim_state=svi.optim.get_state(), best=best, numpy_rng_state=rng.bit_generator.state,
+                        optim_state=optimizer.get_state(), best=best, numpy_rng_state=rng.bit_generator.state,
                         progress={"epoch": epoch, "step": step, "since_best": since_best, "best_elbo": best_elbo,
                                   "best_epoch": best_epoch, "rows": rows})
         except KeyboardInterrupt:
