@@ -1,20 +1,23 @@
-"""Training speed and memory: pyro_svae against a plain-PyTorch floor and scvi-tools, and scaling.
+"""Training and prediction speed: pyro_svae against a plain-PyTorch floor, before and after, and scaling.
 
-    python benchmarks/speed.py [--threads 1 2] [--scvi-python /path/to/venv/bin/python] [--sizes 10000 100000 1000000]
+    python benchmarks/speed.py [--threads 1 2] [--before PATH] [--scvi-python PYTHON] [--sizes 100000 1000000]
 
-1. Framework overhead. The same networks (``pyro_svae.nets``), data, batch size (256), hidden
-   128 x 2 layers, 10 latents, 500 genes, ~10,000 cells, and the same objective (the ELBO of the
-   collapsed spike-and-slab model: NB likelihood, analytic KL of z, the prior's global terms),
-   trained by (a) pyro_svae's training step (``SVI`` + ``TraceMeanField_ELBO`` + multi-tensor ``ClippedAdam``,
-   as ``fit`` runs it) and (b) plain PyTorch with one ``torch.optim.Adam`` and no Pyro (the floor,
-   written here). Time per step: median over repeats of a fixed number of steps after warm-up,
-   implementations interleaved so that load on the machine affects both alike. Also the time per
-   epoch of ``pyro_svae.fit`` itself (with its per-epoch ELBO monitoring) and, with
-   ``--scvi-python``, scvi-tools' SCVI at the same architecture (run in that interpreter, so the
-   project does not depend on it).
-2. Scaling. Sparse (CSR, 5% non-zero) screens of ``--sizes`` cells x 2,000 genes: time per step
-   and cells per second, and the peak resident memory of a process that builds the screen and
-   runs ``fit`` for a fixed number of steps, above the memory of the data itself.
+1. Per step. The same networks (``pyro_svae.nets``), data, batch size (256), hidden 128 x 2, 10
+   latents, 500 genes, ~10,000 cells, and the same objective (``fit``'s default: the collapsed
+   spike-and-slab with data-scaled sparsity, NB likelihood, analytic KL of z), trained by (a)
+   ``fit``'s step (the fused objective of :mod:`pyro_svae.objective` and the multi-tensor
+   ``ClippedAdam``), (a') Pyro's own ``SVI`` + ``TraceMeanField_ELBO`` on the model and guide
+   functions, and (b) plain PyTorch with one ``torch.optim.Adam`` and no Pyro (the floor, written
+   here). Median over repeats of a fixed number of steps, implementations interleaved.
+2. Whole fit. Seconds per epoch of ``pyro_svae.fit`` (everything it does: set-up, validation ELBO,
+   early-stopping bookkeeping, in a fresh process) against the floor's epoch (its step time times
+   the steps of an epoch), now and, with ``--before PATH`` (an earlier checkout), before, runs
+   interleaved; on the 10,000 x 500 screen and on a sparse 100,000 x 2,000 one.
+3. Profile: the functions ``fit`` spends its time in (cProfile, by own time), now and before.
+4. Prediction: ``predict`` of 100,000 cells, ``posterior_predictive`` of 100,000 cells (10 draws,
+   50 genes) with the resident memory it adds.
+5. Scaling. Sparse (CSR, 5% non-zero) screens of ``--sizes`` cells x 2,000 genes: time per step,
+   cells per second and the resident memory ``fit`` adds above the data.
 
 Writes ``benchmarks/results/speed.md`` and ``speed.png``.
 """
@@ -28,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,120 +49,282 @@ def screen(n_cells: int = 10_000, n_genes: int = 500, seed: int = 0):
                                        n_cells_per_perturbation=per, n_control=500, max_targets=2, seed=seed)
 
 
-# ---- (a) pyro_svae's training step --------------------------------------------------------------
-def pyro_svae_stepper(adata):
-    """One training step of ``fit`` (the body of ``pyro_svae.train.train``'s loop), as a closure."""
-    import functools
+def sparse_screen(n_cells: int, n_genes: int = 2000, per_row: int = 100, seed: int = 0):
+    """A CSR screen with ``per_row`` non-zero genes per cell (5% of 2,000), 100 perturbations, 10% controls."""
+    import anndata
+    import pandas as pd
+    import scipy.sparse as sp
 
+    rng = np.random.default_rng(seed)
+    columns = np.sort(rng.integers(0, n_genes, size=(n_cells, per_row), dtype=np.int32), axis=1)
+    values = rng.poisson(2.0, size=columns.shape).astype(np.float32) + 1
+    X = sp.csr_matrix((values.ravel(), columns.ravel(), np.arange(0, columns.size + 1, per_row)),
+                      shape=(n_cells, n_genes))
+    X.sum_duplicates()
+    labels = np.where(rng.random(n_cells) < 0.1, "control", rng.choice([f"p{i}" for i in range(100)], n_cells))
+    return anndata.AnnData(X=X, obs=pd.DataFrame({"perturbation": labels}, index=pd.RangeIndex(n_cells).astype(str)))
+
+
+# ---- (a) pyro_svae's training step --------------------------------------------------------------
+def pyro_svae_stepper(adata, objective: str = "fused"):
+    """One training step of ``fit`` (the body of ``pyro_svae.train.train``'s loop), as a closure.
+
+    ``objective="fused"`` is ``fit``'s default (:mod:`pyro_svae.objective`); ``"pyro"`` is Pyro's
+    ``SVI`` with ``TraceMeanField_ELBO`` on the model and guide functions. Call inside a
+    ``param_scope`` of its own.
+    """
     import pyro
     import torch
     from pyro.infer import SVI, TraceMeanField_ELBO
 
     from pyro_svae.data import read_screen
-    from pyro_svae.guide import guide, inspect_prior
-    from pyro_svae.model import model
-    from pyro_svae.nets import Networks
+    from pyro_svae.factory import SVAEConfig, build, layout_of
+    from pyro_svae.objective import register_networks, step_function
     from pyro_svae.optim import MultiTensorClippedAdam
-    from pyro_svae.priors import resolve_prior
     from pyro_svae.runtime import DataOnDevice
 
-    pyro.clear_param_store()
     data = read_screen(adata)
-    nets = Networks(data.n_genes, SETTING["n_latent"], SETTING["n_hidden"], SETTING["n_layers"])
-    prior = resolve_prior("spike_and_slab")
-    sites = inspect_prior(prior, data.n_perturbations, SETTING["n_latent"])
-    static = dict(nets=nets, prior=prior, n_perturbations=data.n_perturbations, likelihood="nb")
-    svi = SVI(functools.partial(model, **static), functools.partial(guide, prior_sites=sites, **static),
-              MultiTensorClippedAdam({"lr": 1e-3, "clip_norm": 10.0}), loss=TraceMeanField_ELBO())
+    components = build(SVAEConfig(n_latent=SETTING["n_latent"], n_hidden=SETTING["n_hidden"],
+                                  n_layers=SETTING["n_layers"]), layout_of(data))
+    prior_names = {name for site in components.sites for name in site.params.values()}
+    optimizer = MultiTensorClippedAdam(lambda name: {"lr": 1e-2 if name in prior_names else 1e-3, "clip_norm": 10.0})
     on_device = DataOnDevice(data, torch.device("cpu"))
     rng = np.random.default_rng(0)
     n = data.n_cells
+    if objective == "fused":
+        register_networks(components)
+        step = step_function(components, optimizer, pyro.get_param_store())
 
-    def step():
+        def run():
+            index = np.sort(rng.choice(n, SETTING["batch_size"], replace=False))
+            return step(on_device.minibatch(index), n, 1.0)
+        return run
+    svi = SVI(*components.functions(), optimizer, loss=TraceMeanField_ELBO())
+
+    def run():
         index = np.sort(rng.choice(n, SETTING["batch_size"], replace=False))
         return svi.step(n_cells=n, cell_index=torch.as_tensor(index), kl_weight=1.0, **on_device.minibatch(index))
-
-    return step
+    return run
 
 
 # ---- (b) the plain-PyTorch floor ------------------------------------------------------------------
-def plain_torch_stepper(adata):
-    """The same networks and objective in plain PyTorch: one Adam, no Pyro."""
+def plain_torch_stepper(adata, device="cpu", batch_size: int = None, bf16: bool = False):
+    """The same networks and objective as ``fit``'s default in plain PyTorch: one Adam, no Pyro.
+
+    The collapsed spike-and-slab with data-scaled sparsity: ``pi`` a point estimate with the mean-field
+    mask term ``-KL(Bernoulli(pi) || Bernoulli(prior))``, a Normal slab weighted by ``pi``, the NB
+    likelihood, the analytic KL of ``z`` and the mask variance term. ``bf16``: the networks under
+    bfloat16 autocast (CUDA).
+    """
+    import scipy.sparse as sp
     import torch
-    from torch.distributions import Beta, NegativeBinomial, Normal, kl_divergence
+    import torch.nn.functional as F
+    from torch.distributions import NegativeBinomial, Normal, kl_divergence
 
     from pyro_svae.data import read_screen
     from pyro_svae.nets import Networks
 
+    device = torch.device(device)
+    batch_size = batch_size or SETTING["batch_size"]
     data = read_screen(adata)
     P, K = data.n_perturbations, SETTING["n_latent"]
-    nets = Networks(data.n_genes, K, SETTING["n_hidden"], SETTING["n_layers"])
-    pi_logit = torch.zeros(P, K, requires_grad=True)
-    shift_loc = torch.zeros(P, K, requires_grad=True)
-    shift_log_scale = torch.full((P, K), math.log(0.1), requires_grad=True)
-    log_dispersion = torch.full((data.n_genes,), math.log(5.0), requires_grad=True)
-    optimizer = torch.optim.Adam(list(nets.parameters()) + [pi_logit, shift_loc, shift_log_scale, log_dispersion], lr=1e-3)
-    counts = torch.as_tensor(np.asarray(data.counts), dtype=torch.float32)
-    library = torch.as_tensor(data.library).clamp(min=1.0)
-    perturbations = torch.as_tensor(data.perturbations)
-    rng = np.random.default_rng(0)
+    nets = Networks(data.n_genes, K, SETTING["n_hidden"], SETTING["n_layers"]).to(device)
+    cells = np.bincount(data.perturbations.reshape(-1), minlength=P + 1)[:P]
+    prior_logits = torch.as_tensor(math.log(1 / K) - math.log1p(-1 / K) - cells * 0.5**2 / 2,
+                                   dtype=torch.float32, device=device)[:, None]
+    pi_logit = torch.full((P, K), math.log(0.95 / 0.05), device=device, requires_grad=True)
+    shift_loc = torch.zeros(P, K, device=device, requires_grad=True)
+    shift_log_scale = torch.full((P, K), math.log(0.1), device=device, requires_grad=True)
+    log_dispersion = torch.full((data.n_genes,), math.log(5.0), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam(list(nets.parameters()) + [pi_logit, shift_loc, shift_log_scale, log_dispersion],
+                                 lr=1e-3)
+    sparse = sp.issparse(data.counts)
+    counts = data.counts if sparse else torch.as_tensor(np.asarray(data.counts), dtype=torch.float32, device=device)
+    library = torch.as_tensor(data.library, device=device).clamp(min=1.0)
+    perturbations = torch.as_tensor(data.perturbations, device=device)
+    generator = torch.Generator().manual_seed(0)
     n = data.n_cells
-    slab_prior, pi_prior = Normal(0.0, 5.0), Beta(1.0, 50.0)
+    slab_prior = Normal(torch.tensor(0.0, device=device), torch.tensor(5.0, device=device))
 
     def step():
-        index = torch.as_tensor(np.sort(rng.choice(n, SETTING["batch_size"], replace=False)))
-        x, lib, members = counts[index], library[index], perturbations[index]
+        index = torch.randperm(n, generator=generator)[:batch_size].sort().values.to(device)
+        # sparse counts: the minibatch's rows densified, as fit does
+        x = torch.as_tensor(counts[index.cpu().numpy()].toarray(), device=device) if sparse else counts[index]
+        lib, members = library[index], perturbations[index]
         pi = torch.sigmoid(pi_logit)
         q_shift = Normal(shift_loc, shift_log_scale.exp())
         shift = q_shift.rsample()
         padded = lambda t: torch.cat([t, t.new_zeros(1, K)])  # noqa: E731
         mean, variance = padded(pi * shift)[members].sum(-2), padded(pi * (1 - pi) * shift**2)[members].sum(-2)
-        loc, scale = nets.encoder(x, None)
-        q_z = Normal(loc, scale)
-        z = q_z.rsample()
-        log_proportions, _ = nets.decoder(z, None)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loc, scale = nets.encoder(x, None)
+            q_z = Normal(loc.float(), scale.float())
+            z = q_z.rsample()
+            log_proportions, _ = nets.decoder(z, None)
         theta = log_dispersion.exp()
-        log_mean = lib.log().unsqueeze(-1) + log_proportions
+        log_mean = lib.log().unsqueeze(-1) + log_proportions.float()
         log_lik = NegativeBinomial(total_count=theta, logits=log_mean - theta.log()).log_prob(x).sum(-1)
         local = log_lik - kl_divergence(q_z, Normal(mean, 1.0)).sum(-1) - 0.5 * variance.sum(-1)
-        global_terms = pi_prior.log_prob(pi.clamp(1e-6, 1 - 1e-6)).sum() - (pi * kl_divergence(q_shift, slab_prior)).sum()
+        a = pi.clamp(1e-6, 1 - 1e-6)
+        mask_kl = a * (a.log() - F.logsigmoid(prior_logits)) + (1 - a) * ((1 - a).log() - F.logsigmoid(-prior_logits))
+        global_terms = -mask_kl.sum() - (pi * kl_divergence(q_shift, slab_prior)).sum()
         loss = -(n / len(index) * local.sum() + global_terms)
-        optimizer.zero_grad()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     return step
 
 
 def time_steps(steppers: dict, n_steps: int, repeats: int, warmup: int = 20) -> dict:
-    """Median seconds per step of each stepper, runs interleaved."""
-    from pyro_svae.runtime import flush_denormals
+    """Median seconds per step of each stepper ``name -> (run, param_state or None)``, runs interleaved.
+
+    A Pyro stepper's parameters are swapped in (``param_scope``) around each block of steps, outside
+    the timer, so that two of them never share a param store."""
+    import contextlib
 
     import pyro
 
+    from pyro_svae.runtime import flush_denormals, param_scope
+
     times = {name: [] for name in steppers}
+
+    def scope(state):
+        return contextlib.nullcontext() if state is None else param_scope(state)
+
     # as in ``fit``: denormals flushed, argument validation off (for torch distributions too)
     with flush_denormals(), pyro.validation_enabled(False):
-        for step in steppers.values():
-            for _ in range(warmup):
-                step()
+        for run, state in steppers.values():
+            with scope(state):
+                for _ in range(warmup):
+                    run()
         for _ in range(repeats):
-            for name, step in steppers.items():
-                start = time.perf_counter()
-                for _ in range(n_steps):
-                    step()
-                times[name].append((time.perf_counter() - start) / n_steps)
+            for name, (run, state) in steppers.items():
+                with scope(state):
+                    start = time.perf_counter()
+                    for _ in range(n_steps):
+                        run()
+                    times[name].append((time.perf_counter() - start) / n_steps)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def fit_seconds_per_epoch(adata, epochs: int = 3) -> float:
-    import pyro_svae
+def make_steppers(adata, with_pyro: bool = True) -> dict:
+    from pyro_svae.runtime import param_scope
 
-    start = time.perf_counter()
-    pyro_svae.fit(adata, n_latent=SETTING["n_latent"], n_hidden=SETTING["n_hidden"], n_layers=SETTING["n_layers"],
-                  batch_size=SETTING["batch_size"], max_epochs=epochs, early_stopping=False, progress=False)
-    return (time.perf_counter() - start) / epochs
+    objectives = [("fit's step", "fused")] + ([("Pyro SVI", "pyro")] if with_pyro else [])
+    steppers = {}
+    for name, objective in objectives:
+        state: dict = {}
+        with param_scope(state):
+            steppers[name] = (pyro_svae_stepper(adata, objective), state)
+    steppers["plain torch"] = (plain_torch_stepper(adata), None)
+    return steppers
+
+
+FIT_SCRIPT = """
+import json, sys, time
+import anndata, torch
+torch.set_num_threads(int(sys.argv[2]))
+import pyro_svae
+adata = anndata.read_h5ad(sys.argv[1])
+epochs = int(sys.argv[3])
+options = json.loads(sys.argv[4])
+profile = sys.argv[5] == "profile"
+if profile:
+    import cProfile, io, pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+start = time.perf_counter()
+pyro_svae.fit(adata, max_epochs=epochs, early_stopping=False, progress=False, **options)
+out = {"seconds": time.perf_counter() - start, "version": pyro_svae.__version__}
+if profile:
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    out["profile"] = text.getvalue()
+print(json.dumps(out))
+"""
+
+
+def fit_seconds(path: Path, threads: int, epochs: int, code_dir=None, profile: bool = False) -> dict:
+    """``fit`` of the screen at ``path`` for ``epochs`` epochs in a fresh process (``code_dir``: another checkout)."""
+    env = dict(os.environ)
+    if code_dir is not None:
+        env["PYTHONPATH"] = str(code_dir)
+    options = {k: SETTING[k] for k in ("n_latent", "n_hidden", "n_layers", "batch_size")}
+    out = subprocess.run([sys.executable, "-c", FIT_SCRIPT, str(path), str(threads), str(epochs), json.dumps(options),
+                          "profile" if profile else "time"], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def whole_fit(adata, threads: int, epochs: int, repeats: int, floor_step: float, before=None) -> dict:
+    """Seconds per epoch of ``fit`` (now, and ``before``), interleaved, against the floor's epoch."""
+    steps = math.ceil(round(0.9 * adata.n_obs) / SETTING["batch_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "screen.h5ad"
+        adata.write_h5ad(path)
+        times = {"now": [], "before": []}
+        for _ in range(repeats):
+            times["now"].append(fit_seconds(path, threads, epochs)["seconds"] / epochs)
+            if before:
+                times["before"].append(fit_seconds(path, threads, epochs, before)["seconds"] / epochs)
+    row = {"screen": f"{adata.n_obs} x {adata.n_vars}", "threads": threads, "epochs": epochs,
+           "floor s/epoch": floor_step * steps, "fit s/epoch": float(np.median(times["now"]))}
+    row["whole-fit ratio"] = row["fit s/epoch"] / row["floor s/epoch"]
+    if before:
+        row["before: fit s/epoch"] = float(np.median(times["before"]))
+        row["before: ratio"] = row["before: fit s/epoch"] / row["floor s/epoch"]
+    return row
+
+
+def profiles(adata, threads: int, epochs: int, before=None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "screen.h5ad"
+        adata.write_h5ad(path)
+        out = {"now": fit_seconds(path, threads, epochs, profile=True)["profile"]}
+        if before:
+            out["before"] = fit_seconds(path, threads, epochs, before, profile=True)["profile"]
+    return out
+
+
+PREDICT_SCRIPT = """
+import json, sys, threading, time
+import torch
+torch.set_num_threads(int(sys.argv[1]))
+import pyro_svae
+def rss_gb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) * 1024 / 1e9
+adata = pyro_svae.datasets.simulate(n_perturbations=50, n_latent=10, n_genes=500, n_cells_per_perturbation=190,
+                                    n_control=500, max_targets=2, seed=0)
+model = pyro_svae.fit(adata, n_latent=10, max_epochs=3, progress=False)
+labels = list(model.perturbation_names)[:10]
+start = time.perf_counter()
+model.predict(labels, n_cells=10_000, seed=0)
+predict_s = time.perf_counter() - start
+import anndata, numpy as np
+many = anndata.concat([adata] * 10, index_unique="-")  # 100,000 cells
+peak = [0.0]; done = threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_gb()); done.wait(0.01)
+before = rss_gb()
+thread = threading.Thread(target=sample, daemon=True); thread.start()
+start = time.perf_counter()
+counts = model.posterior_predictive(many, num_samples=10, genes=list(adata.var_names[:50]), seed=0)
+ppc_s = time.perf_counter() - start
+done.set(); thread.join()
+print(json.dumps({"predict 100,000 cells (500 genes) s": predict_s,
+                  "posterior_predictive 100,000 cells x 10 draws x 50 genes s": ppc_s,
+                  "its output GB": counts.nbytes / 1e9, "resident memory added GB": peak[0] - before}))
+"""
+
+
+def prediction(threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT, str(threads)], capture_output=True, text=True,
+                         check=True)
+    return {"threads": threads, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
 SCVI_SCRIPT = """
@@ -238,64 +404,85 @@ def scaling(n_cells: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+
+
+def _table(rows) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).round(3).to_string(index=False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=100, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of each timed fit")
+    parser.add_argument("--before", default=None, help="an earlier checkout of the project, timed beside this one")
     parser.add_argument("--scvi-python", default=None, help="a Python interpreter with scvi-tools installed")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     args = parser.parse_args()
     import torch
 
     adata = screen()
-    overhead = []
+    steps, fits = [], []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        times = time_steps({"pyro_svae": pyro_svae_stepper(adata), "plain torch": plain_torch_stepper(adata)},
-                           args.steps, args.repeats)
-        row = {"threads": threads, "pyro_svae ms/step": 1e3 * times["pyro_svae"],
-               "plain torch ms/step": 1e3 * times["plain torch"], "ratio": times["pyro_svae"] / times["plain torch"],
-               "fit s/epoch": fit_seconds_per_epoch(adata)}
+        times = time_steps(make_steppers(adata), args.steps, args.repeats)
+        floor = times["plain torch"]
+        row = {"threads": threads, **{f"{name} ms/step": 1e3 * t for name, t in times.items()},
+               "ratio (fit's step / floor)": times["fit's step"] / floor,
+               "ratio (Pyro SVI / floor)": times["Pyro SVI"] / floor}
         if args.scvi_python:
             scvi = scvi_timing(args.scvi_python, adata, threads)
-            row.update({"scvi-tools ms/step": 1e3 * scvi["seconds_per_step"], "scvi-tools s/epoch": scvi["seconds_per_epoch"],
-                        "scvi-tools version": scvi["version"]})
-        overhead.append(row)
+            row.update({"scvi-tools ms/step": 1e3 * scvi["seconds_per_step"], "scvi-tools version": scvi["version"]})
+        steps.append(row)
         print(row, flush=True)
-    scale = []
+        fits.append(whole_fit(adata, threads, args.epochs, 3, floor, args.before))
+        print(fits[-1], flush=True)
     threads = max(args.threads)
-    for n in args.sizes:
-        scale.append(scaling(n, threads))
-        print(scale[-1], flush=True)
-    report(overhead, scale, args, adata)
+    torch.set_num_threads(threads)
+    big = sparse_screen(100_000)
+    floor_big = time_steps({"plain torch": (plain_torch_stepper(big), None)}, 50, 3)["plain torch"]
+    fits.append(whole_fit(big, threads, 1, 2, floor_big, args.before))
+    print(fits[-1], flush=True)
+    profile = profiles(adata, threads, args.epochs, args.before)
+    predicted = [prediction(threads)]
+    print(predicted, flush=True)
+    scale = [scaling(n, threads) for n in args.sizes]
+    print(_table(scale), flush=True)
+    report(steps, fits, profile, predicted, scale, args, adata)
 
 
-def report(overhead, scale, args, adata):
+def report(steps, fits, profile, predicted, scale, args, adata):
     import pandas as pd
     import torch
 
     import pyro_svae
 
-    overhead, scale = pd.DataFrame(overhead), pd.DataFrame(scale)
-    pd.set_option("display.width", 200)
-    print(overhead.round(3).to_string(index=False))
-    print(scale.round(3).to_string(index=False))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU"
-    lines = ["# Training speed and memory", "",
-             f"`python benchmarks/speed.py{' --scvi-python ...' if args.scvi_python else ''}` on {machine}; "
-             f"pyro_svae {pyro_svae.__version__}.", "",
-             f"## Framework overhead ({adata.n_obs} cells x {SETTING['n_genes']} genes, batch {SETTING['batch_size']}, "
-             f"hidden {SETTING['n_hidden']} x {SETTING['n_layers']}, {SETTING['n_latent']} latents, "
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU"
+    command = "python benchmarks/speed.py" + (f" --before {args.before}" if args.before else "") + (
+        " --scvi-python ..." if args.scvi_python else "")
+    lines = ["# Training and prediction speed", "", f"`{command}` on {machine}; pyro_svae {pyro_svae.__version__}.", "",
+             f"## Per step ({adata.n_obs} cells x {SETTING['n_genes']} genes, batch {SETTING['batch_size']}, hidden "
+             f"{SETTING['n_hidden']} x {SETTING['n_layers']}, {SETTING['n_latent']} latents, "
              f"{SETTING['n_perturbations']} perturbations)", "",
-             "Per step: median over repeats of the mean time of a fixed number of steps, the implementations",
-             "interleaved. `fit s/epoch` adds `fit`'s per-epoch ELBO monitoring (1,024 cells, plus validation).", "",
-             "```", overhead.round(3).to_string(index=False), "```", "",
-             f"## Scaling: sparse screens, 2,000 genes, 5% non-zero, one epoch of `fit` ({max(args.threads)} threads)", "",
-             "`rss_before_fit_gb`: resident memory of the process holding the screen (AnnData with a CSR matrix of",
-             "`data_gb`) just before `fit`; `peak_rss_gb`: its peak during `fit` (sampled every 10 ms);",
-             "`fit_above_before_gb`: the difference, what `fit` added.", "",
-             "```", scale.round(3).to_string(index=False), "```", ""]
+             "Median over repeats of the mean time of a fixed number of steps, the implementations interleaved.", "",
+             "```", _table(steps), "```", "",
+             "## Whole fit", "",
+             f"Seconds per epoch of `fit` ({args.epochs} epochs on the dense screen, 1 on the sparse one; set-up,",
+             "validation ELBO and early-stopping bookkeeping included, in a fresh process; median of repeats,",
+             "interleaved with the earlier checkout) against the floor's epoch (its step time x the steps of an",
+             "epoch of the same 90% of cells).", "",
+             "```", _table(fits), "```", "",
+             "## Profile of `fit` (cProfile, by own time)", ""]
+    for name, text in profile.items():
+        body = text[text.index("ncalls"):] if "ncalls" in text else text
+        lines += [f"{name}:", "", "```", body.strip(), "```", ""]
+    lines += ["## Prediction", "", "```", _table(predicted), "```", "",
+              "## Scaling: sparse screens, 2,000 genes, 5% non-zero, one epoch of `fit`", "",
+              "`fit_above_before_gb`: the resident memory `fit` added to the process holding the screen.", "",
+              "```", _table(scale), "```", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.md").write_text("\n".join(lines))
 
@@ -304,18 +491,22 @@ def report(overhead, scale, args, adata):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    axes[0].plot(scale["n_cells"], scale["cells_per_second"], "o-")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("cells")
-    axes[0].set_ylabel("cells per second (training)")
-    axes[1].plot(scale["n_cells"], scale["data_gb"], "o-", label="data (CSR)")
-    axes[1].plot(scale["n_cells"], scale["peak_rss_gb"], "o-", label="peak RSS")
-    axes[1].plot(scale["n_cells"], scale["fit_above_before_gb"], "o-", label="added by fit")
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fit_table = pd.DataFrame(fits)
+    labels = [f"{r['screen']}\n{r['threads']} thr" for _, r in fit_table.iterrows()]
+    x = np.arange(len(fit_table))
+    axes[0].bar(x - 0.2, fit_table["whole-fit ratio"], 0.4, label="now")
+    if "before: ratio" in fit_table:
+        axes[0].bar(x + 0.2, fit_table["before: ratio"], 0.4, label="before")
+    axes[0].axhline(1.15, color="k", ls="--", lw=0.8, label="goal 1.15")
+    axes[0].set_xticks(x, labels, fontsize=7)
+    axes[0].set_ylabel("fit time / plain-PyTorch floor")
+    axes[0].legend(fontsize=8)
+    scale = pd.DataFrame(scale)
+    axes[1].plot(scale["n_cells"], scale["cells_per_second"], "o-")
     axes[1].set_xscale("log")
-    axes[1].set_xlabel("cells")
-    axes[1].set_ylabel("GB")
-    axes[1].legend()
+    axes[1].set_xlabel("cells (sparse, 2,000 genes)")
+    axes[1].set_ylabel("training cells per second")
     fig.tight_layout()
     fig.savefig(RESULTS / "speed.png", dpi=120)
     print(f"Wrote {RESULTS / 'speed.md'} and .png")

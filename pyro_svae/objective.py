@@ -143,8 +143,9 @@ def parameters(store) -> list:
 def step_function(components: Components, optimizer: Callable, store) -> Callable:
     """One SVI step with :func:`elbo`: gradients, ``optimizer(params)``, gradients cleared.
 
-    The step takes ``(batch, n_cells, kl_weight)`` and returns the loss (a float) and the sum of the
-    minibatch cells' ELBOs (a float)."""
+    The step takes ``(batch, n_cells, kl_weight)`` and returns the loss and the sum of the minibatch
+    cells' ELBOs as detached 0-d tensors on the device (reading them, a device sync, is the caller's
+    choice)."""
     params = None
 
     def step(batch: dict, n_cells: int, kl_weight: float):
@@ -157,7 +158,7 @@ def step_function(components: Components, optimizer: Callable, store) -> Callabl
         optimizer(params)
         for p in params:
             p.grad = None
-        return loss.item(), cells.sum().item()
+        return loss.detach(), cells.sum()
 
     return step
 

@@ -98,7 +98,7 @@ def _stepper(name: str, components: Components, optimizer, store, n_train: int, 
 
     def take_step(batch, index, kl_weight):
         loss = svi.step(n_cells=n_train, cell_index=torch.as_tensor(index, device=device), kl_weight=kl_weight, **batch)
-        return loss, np.nan
+        return torch.tensor(loss), torch.tensor(np.nan)
 
     return take_step, (lambda batch: local_elbo(model_fn, guide_fn, batch))
 
@@ -191,6 +191,7 @@ def train(
     stopped_early = False
     nets.to(device)
     n_train = len(train_index)
+    on_cpu = device.type == "cpu"
     # argument validation is off while training (it costs time each step, and a NaN must reach the
     # loss check below, which restores the best parameters, rather than raise deep inside torch)
     with param_scope(params) as store, pyro.validation_enabled(False), flush_denormals(device.type == "cpu"), \
@@ -214,27 +215,30 @@ def train(
             for epoch in bar:
                 nets.train()
                 perm = rng.permutation(train_index)
-                epoch_loss, epoch_cells = 0.0, 0.0
+                epoch_loss, epoch_cells = torch.zeros((), device=device), torch.zeros((), device=device)
                 for start in range(0, len(perm), config.batch_size):
                     index = np.sort(perm[start:start + config.batch_size])
                     # warm-up weights > 0: the exact KL takes the guide site's scale, which must be positive
                     kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
                     loss, cells = take_step(on_device.minibatch(index), index, kl_weight)
                     step += 1
-                    if not math.isfinite(loss):
+                    # checked each step on the CPU; on a GPU at the epoch's end (a check is a device sync)
+                    end_of_epoch = start + config.batch_size >= len(perm)
+                    if (on_cpu or end_of_epoch) and not math.isfinite(loss.item() if on_cpu else epoch_loss.item() + loss.item()):
                         if best is not None:
                             _restore(store, best)
                         error = TrainingDiverged(
-                            f"The loss became {loss} at step {step} (epoch {epoch}); "
+                            f"The loss became {float(loss)} at step {step} (epoch {epoch}); "
                             + ("the best parameters so far were restored: the error's .model holds them."
                                if best is not None else "no earlier parameters to restore.")
                         )
                         error.history = _history(rows)
                         error.restored = best is not None
                         raise error
-                    epoch_loss += loss
-                    epoch_cells += cells
+                    epoch_loss += loss.to(device)
+                    epoch_cells += cells.to(device)
                 nets.eval()
+                epoch_loss, epoch_cells = epoch_loss.item(), epoch_cells.item()
                 # the training cells' ELBO is read off the steps themselves (as the parameters moved
                 # during the epoch), not from a second pass over the data
                 row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / n_train,
