@@ -22,7 +22,7 @@ from .likelihoods import get_likelihood
 from .persistence import read, restore
 from .posterior import draw_globals
 from .priors import prior_name
-from .results import inclusion_table
+from .results import inclusion_table, latent_activity
 from .svae import SVAE
 from .runtime import resolve_device
 from .train import TrainConfig, TrainingDiverged, auto_max_epochs, split_cells, train
@@ -222,6 +222,11 @@ def fit(
     if stages:
         history = warm.join_histories(stages + [history])
     model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
+    activity = latent_activity(model)
+    if not activity["active"].all():
+        logger.info("%d of %d latents are inactive (no target, no variance): %s. A smaller n_latent describes this "
+                    "screen as well (pyro_svae.selection.select_model compares settings).",
+                    (~activity["active"]).sum(), n_latent, list(activity.index[~activity["active"]]))
     if track_targets:
         offset = history["epoch"].max() + 1 - len(trace)  # epochs of a warm start come first
         model.target_trace = pd.concat(trace, ignore_index=True).assign(epoch=lambda t: t["epoch"] + offset)[

@@ -9,7 +9,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-__all__ = ["SHIFT_THRESHOLD", "inclusion_table", "shift_table", "call_targets", "by_group", "to_uns", "from_uns"]
+__all__ = ["SHIFT_THRESHOLD", "inclusion_table", "shift_table", "call_targets", "by_group", "latent_activity",
+           "to_uns", "from_uns"]
 
 #: For priors without a mask, a latent counts as a target when ``|shift| > SHIFT_THRESHOLD``
 #: (in units of the prior's unit standard deviation of ``z``).
@@ -55,6 +56,23 @@ def by_group(values: np.ndarray, adata, by: Optional[str], name: str):
     if by not in adata.obs.columns:
         raise KeyError(f"by={by!r} is not a column of adata.obs; available columns: {list(adata.obs.columns)}.")
     return pd.Series(values, index=adata.obs_names).groupby(adata.obs[by].astype(str).to_numpy()).mean().rename(name)
+
+
+def latent_activity(model, adata=None, threshold: float = 0.5, min_variance: float = 0.05,
+                    num_samples: int = 100) -> pd.DataFrame:
+    """Per latent: how many perturbations target it and how much the cells vary along it.
+
+    Returns a table indexed by latent with ``targets`` (perturbations with inclusion probability >
+    ``threshold``), ``max_pip``, ``variance`` (of the cells' posterior means; the prior's is 1 plus
+    the shifts') and ``active`` (a target, or a variance of at least ``min_variance``). An inactive
+    latent is one the model does not use: a smaller ``n_latent`` describes the screen as well.
+    """
+    pips = model.intervention_targets(num_samples=num_samples)
+    variance = model.get_latent(adata).var(0)
+    table = pd.DataFrame({"targets": (pips > threshold).sum(0).to_numpy(), "max_pip": pips.max(0).to_numpy(),
+                          "variance": variance}, index=pd.RangeIndex(len(variance), name="latent"))
+    table["active"] = (table["targets"] > 0) | (table["variance"] >= min_variance)
+    return table
 
 
 def to_uns(svae, num_samples: int = 200) -> dict:

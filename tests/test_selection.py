@@ -1,0 +1,58 @@
+"""Choosing n_latent and the sparsity: latent activity, agreement of calls, the selection table."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyro_svae import selection
+
+from .conftest import FAST, make_screen
+
+
+class _Fake:
+    """A fitted model as far as latent_activity reads it."""
+
+    def __init__(self, pips, latent):
+        self._pips, self._latent = pips, latent
+
+    def intervention_targets(self, num_samples=100):
+        return pd.DataFrame(self._pips)
+
+    def get_latent(self, adata=None):
+        return self._latent
+
+
+def test_latent_activity_flags_latents_without_target_or_variance():
+    rng = np.random.default_rng(0)
+    latent = np.c_[rng.normal(size=500), rng.normal(0, 0.01, size=500), rng.normal(0, 0.01, size=500)]
+    pips = np.array([[0.9, 0.0, 0.7], [0.1, 0.2, 0.0]])
+    table = selection.latent_activity(_Fake(pips, latent))
+    assert list(table["targets"]) == [1, 0, 1]
+    assert list(table["active"]) == [True, False, True]  # latent 1: no target, no variance
+    assert table.loc[0, "variance"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_call_agreement_of_a_model_with_itself_is_one(fitted):
+    model, adata = fitted
+    assert selection.call_agreement(model, model, adata) == 1.0
+
+
+def test_split_by_label_holds_out_a_share_of_every_label():
+    adata = make_screen()
+    train, test = selection.split_by_label(adata, "perturbation", 0.25)
+    assert train.n_obs + test.n_obs == adata.n_obs
+    shares = test.obs["perturbation"].value_counts() / adata.obs["perturbation"].value_counts()
+    assert np.allclose(shares, 0.25, atol=0.02)
+    with pytest.raises(KeyError, match="perturbation_key='guide'"):
+        selection.split_by_label(adata, "guide")
+
+
+def test_select_model_scores_each_setting_and_recommends_one():
+    adata = make_screen(seed=2)
+    options = {k: v for k, v in FAST.items() if k not in ("n_latent", "progress")}
+    table = selection.select_model(adata, n_latent=(2, 3), min_shift=(0.5,), iw_samples=3, **options)
+    assert list(table["n_latent"]) == [2, 3] and table["recommended"].sum() == 1
+    assert np.isfinite(table["heldout_iwelbo"]).all() and table["agreement"].between(0, 1).all()
+    assert (table["active_latents"] <= table["n_latent"]).all()
+    with pytest.raises(ValueError, match="two seeds"):
+        selection.select_model(adata, seeds=(0,), **options)
