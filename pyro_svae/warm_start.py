@@ -68,26 +68,30 @@ def sparsest_rotation(delta: np.ndarray, n_starts: int = 10, steps: int = 500, e
     return u @ vt
 
 
-def rotate_networks(nets, rotation: np.ndarray) -> None:
-    """Express ``nets`` in the rotated latent space ``z' = R^T z`` (in place).
+def rotate_networks(nets, rotation: np.ndarray, translation=None) -> None:
+    """Express ``nets`` in the latent space ``z' = R^T z - t`` (in place; ``t`` = ``translation``, default 0).
 
-    The encoder's mean head returns ``R^T loc``; the decoder's first layer reads ``R z'``, so it
-    decodes ``z'`` exactly as it decoded ``z``. The encoder's scale head is left as it is (a
+    The encoder's mean head returns ``R^T loc - t``; the decoder's first layer reads ``R (z' + t)``,
+    so it decodes ``z'`` exactly as it decoded ``z``. The encoder's scale head is left as it is (a
     diagonal scale has no exact rotated counterpart; training re-fits it within a few steps).
     """
     with torch.no_grad():
         head = nets.encoder.loc
         r = torch.as_tensor(rotation, dtype=head.weight.dtype, device=head.weight.device)
+        t = torch.zeros(r.shape[0], dtype=r.dtype, device=r.device) if translation is None else \
+            torch.as_tensor(translation, dtype=r.dtype, device=r.device)
         head.weight.copy_(r.T @ head.weight)
-        head.bias.copy_(r.T @ head.bias)
+        head.bias.copy_(r.T @ head.bias - t)
         first = nets.decoder.body[0]
         k = rotation.shape[0]
         first.weight[:, :k] = first.weight[:, :k] @ r
+        first.bias.add_(first.weight[:, :k] @ t)
 
 
 def dense_rotated_start(components, screen, train_config, fraction: float, device, progress: bool = False):
     """Fit dense Gaussian shifts with ``components``' networks for ``fraction`` of the epochs, then
-    rotate the networks so that the shifts are sparsest.
+    rotate the networks so that the shifts are sparsest (and, on a screen without control cells,
+    move the origin to the median shift).
 
     Returns ``(params, history, n_dense)``: the parameters to continue from (the networks' and the
     likelihood's, without the dense prior's), the dense fit's history and its epochs.
@@ -102,7 +106,12 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
                     params=params, device=device, progress=progress)
     (shift,) = dense.sites
     delta = params["params"][shift.params["locs"]].detach().cpu().numpy()  # the guide's mean shifts [P, K]
-    rotate_networks(components.nets, sparsest_rotation(delta, seed=train_config.seed))
+    rotation = sparsest_rotation(delta, seed=train_config.seed)
+    # control cells pin the origin (their shift is 0); without them the origin is free, and the
+    # dense prior puts it at the mean shift: move it to each latent's median shift, which is 0
+    # when fewer than half the perturbations target a latent
+    translation = None if (screen.perturbations == screen.n_perturbations).all(1).any() else np.median(delta @ rotation, 0)
+    rotate_networks(components.nets, rotation, translation)
     dense_names = set(shift.params.values())
     kept = {key: {name: value for name, value in params[key].items() if name not in dense_names}
             for key in ("params", "constraints")}

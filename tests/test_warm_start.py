@@ -35,10 +35,11 @@ def test_rotated_networks_compute_the_same_function_in_the_new_axes():
     with torch.no_grad():
         loc_before = nets.encoder(x, batch)[0]
         decoded_before = nets.decoder(z, batch)[0]
-        warm_start.rotate_networks(nets, rotation)
-        r = torch.as_tensor(rotation, dtype=torch.float32)
-        assert torch.allclose(nets.encoder(x, batch)[0], loc_before @ r, atol=1e-5)  # z' = R^T z
-        assert torch.allclose(nets.decoder(z @ r, batch)[0], decoded_before, atol=1e-5)  # decodes z' as z
+        translation = np.array([0.5, -1.0, 0.0, 2.0])
+        warm_start.rotate_networks(nets, rotation, translation)
+        r, t = torch.as_tensor(rotation, dtype=torch.float32), torch.as_tensor(translation, dtype=torch.float32)
+        assert torch.allclose(nets.encoder(x, batch)[0], loc_before @ r - t, atol=1e-5)  # z' = R^T z - t
+        assert torch.allclose(nets.decoder(z @ r - t, batch)[0], decoded_before, atol=1e-5)  # decodes z' as z
 
 
 def test_fit_with_a_warm_start_records_both_stages():
