@@ -17,7 +17,7 @@ import pyro
 from . import warm_start as warm
 from .checkpoint import check_resumable, load_checkpoint
 from .data import read_screen
-from .factory import SVAEConfig, build, layout_of
+from .factory import SVAEConfig, build, layout_of, with_resolved_min_shift
 from .likelihoods import get_likelihood
 from .persistence import read, restore
 from .posterior import draw_globals
@@ -81,7 +81,7 @@ def fit(
     patience: Union[int, str] = "auto",
     separator: Optional[str] = "+",
     allow_non_integer: bool = False,
-    warm_start: Optional[str] = None,
+    warm_start: Optional[str] = "rotate",
     warm_start_fraction: float = 0.3,
     track_targets: bool = False,
     objective: str = "fused",
@@ -123,10 +123,13 @@ def fit(
         Stop when the validation ELBO (mean of the last 10 epochs) has not improved for
         ``patience`` epochs after the warm-up, and restore the best parameters. ``"auto"``: a
         quarter of ``max_epochs``, at least 30.
-    warm_start : {None, "rotate"}
-        ``"rotate"``: spend ``warm_start_fraction`` of the epochs fitting dense Gaussian shifts,
-        rotate the latent space to make them sparsest, then fit ``prior`` from there
-        (:mod:`pyro_svae.warm_start`).
+    warm_start : {"rotate", None}
+        ``"rotate"`` (default): spend ``warm_start_fraction`` of the epochs fitting dense Gaussian
+        shifts, rotate the latent space to make them sparsest (and, without control cells, move
+        its origin to the median shift), then fit ``prior`` from there (:mod:`pyro_svae.warm_start`).
+        The likelihood does not tell rotated latent axes apart, only the sparsity of the shifts
+        does: from a random start a fit keeps its axes rotated (on the simulator's grid, latent MCC
+        0.6-0.9 instead of 0.95). ``None``: fit ``prior`` from the start.
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
@@ -192,18 +195,32 @@ def fit(
                 screen.n_cells, screen.n_genes, screen.n_perturbations, config.prior, max_epochs, device)
     settings = json.loads(json.dumps({**asdict(config), **asdict(train_config), "genes": screen.gene_names,
                                       "perturbations": screen.perturbation_names, "batches": screen.batch_names,
-                                      "n_cells": screen.n_cells, "warm_start": warm_start}, default=str))
+                                      "n_cells": screen.n_cells, "warm_start": warm_start,
+                                      "warm_start_fraction": warm_start_fraction}, default=str))
     resume = None
     if resume_from is not None:
         resume = load_checkpoint(resume_from)
         check_resumable(resume[0]["settings"], settings)
     params: dict = {}
     stages = []
+    typical_shift, n_dense, extra = None, 0, {}
     if warm_start == "rotate" and resume is None:
-        params, dense_history, n_dense = warm.dense_rotated_start(
+        params, dense_history, n_dense, typical_shift = warm.dense_rotated_start(
             components, screen, train_config, warm_start_fraction, device, progress)
         stages.append(dense_history.assign(stage="dense"))
+        extra = {"dense_epochs": n_dense, "typical_shift": typical_shift,
+                 "dense_history": json.loads(dense_history.to_json(orient="records"))}
+    elif resume is not None and resume[0]["progress"].get("extra", {}).get("dense_epochs"):
+        extra = resume[0]["progress"]["extra"]  # the warm start the checkpointed fit began with
+        n_dense, typical_shift = extra["dense_epochs"], extra["typical_shift"]
+        stages.append(pd.DataFrame(extra["dense_history"]).assign(stage="dense"))
+    if n_dense:
         train_config = warm.remaining(train_config, n_dense)
+    resolved = with_resolved_min_shift(config, prior, typical_shift)
+    if resolved != config:  # min_shift="auto" of the prior, now a number from the screen's shifts
+        logger.info("min_shift='auto' resolved to %.2f (the screen's typical shift: %s).",
+                    resolved.prior_options["min_shift"], "unknown" if typical_shift is None else f"{typical_shift:.2f}")
+        config, components = resolved, build(resolved, layout, prior, nets=components.nets)
     trace: list = []
 
     def track(epoch: int) -> None:
@@ -213,7 +230,8 @@ def fit(
     try:
         history = train(screen, components, config=train_config, params=params, device=device, progress=progress,
                         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, resume=resume,
-                        settings=settings, on_epoch_end=track if track_targets else None)
+                        settings=settings, on_epoch_end=track if track_targets else None, epoch_offset=n_dense,
+                        checkpoint_extra=extra)
     except TrainingDiverged as error:
         if error.restored:
             error.model = SVAE(components, params, history=error.history, train_config=train_config, device=device,
@@ -228,9 +246,7 @@ def fit(
                     "screen as well (pyro_svae.selection.select_model compares settings).",
                     (~activity["active"]).sum(), n_latent, list(activity.index[~activity["active"]]))
     if track_targets:
-        offset = history["epoch"].max() + 1 - len(trace)  # epochs of a warm start come first
-        model.target_trace = pd.concat(trace, ignore_index=True).assign(epoch=lambda t: t["epoch"] + offset)[
-            ["epoch", "perturbation", "latent", "pip"]]
+        model.target_trace = pd.concat(trace, ignore_index=True)[["epoch", "perturbation", "latent", "pip"]]
     return model
 
 

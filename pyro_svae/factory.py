@@ -3,7 +3,9 @@ genes, perturbations and batches. ``fit``, ``load`` and ``transfer`` all build m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Tuple
 
@@ -15,10 +17,10 @@ from .guide import PriorGuide, guide
 from .likelihoods import CountLikelihood, get_likelihood
 from .model import model
 from .nets import Networks
-from .priors import PRIORS, resolve_prior
+from .priors import PRIORS, resolve_min_shift, resolve_prior
 from .sites import PriorSite, describe_prior
 
-__all__ = ["SVAEConfig", "Layout", "Components", "build", "layout_of", "create_params"]
+__all__ = ["SVAEConfig", "Layout", "Components", "build", "layout_of", "create_params", "with_resolved_min_shift"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,23 @@ def build(config: SVAEConfig, layout: Layout, prior: Optional[Callable] = None, 
                         zero_inflated=likelihood.zero_inflated)
     sites = describe_prior(prior_fn, len(layout.perturbations), config.n_latent)
     return Components(config, layout, nets, prior_fn, sites, PriorGuide(sites), likelihood, source=prior)
+
+
+def with_resolved_min_shift(config: SVAEConfig, prior, typical_shift: Optional[float]) -> SVAEConfig:
+    """``config`` with a prior option ``min_shift="auto"`` (given, or the prior's default) resolved to
+    a number from the screen's ``typical_shift`` (:func:`pyro_svae.priors.resolve_min_shift`), so
+    the model records, saves and transfers with the value it was fitted with."""
+    function = PRIORS.get(config.prior) if prior is None or isinstance(prior, str) else prior
+    while isinstance(function, functools.partial):
+        function = function.func
+    parameters = inspect.signature(function).parameters if callable(function) else {}
+    if "min_shift" not in parameters:
+        return config
+    value = config.prior_options.get("min_shift", parameters["min_shift"].default)
+    if value != "auto":
+        return config
+    return dataclasses.replace(config, prior_options={**config.prior_options,
+                                                      "min_shift": resolve_min_shift("auto", typical_shift)})
 
 
 def create_params(components: Components, device) -> None:

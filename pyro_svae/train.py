@@ -145,6 +145,8 @@ def train(
     settings: Optional[dict] = None,
     frozen: Optional[dict] = None,
     on_epoch_end: Optional[Callable[[int], None]] = None,
+    epoch_offset: int = 0,
+    checkpoint_extra: Optional[dict] = None,
 ) -> pd.DataFrame:
     """Fit ``model``/``guide`` by SVI with ``TraceMeanField_ELBO`` and ``ClippedAdam`` (multi-tensor).
 
@@ -165,7 +167,9 @@ def train(
 
     The history's ``restored`` column marks the epoch whose parameters the model keeps, and
     ``kl_weight`` the warm-up weight reached. A ``UserWarning`` says when ``max_epochs`` ran out
-    while the validation ELBO was still improving.
+    while the validation ELBO was still improving. Epochs are numbered from ``epoch_offset`` (the
+    epochs of a warm start before this fit) in the history, the checkpoints and ``on_epoch_end``;
+    ``checkpoint_extra`` is stored in every checkpoint, for the caller to resume with.
     """
     rng = np.random.default_rng(config.seed)
     train_index, val_index = split_cells(data.n_cells, config.validation_fraction, rng)
@@ -241,7 +245,7 @@ def train(
                 epoch_loss, epoch_cells = epoch_loss.item(), epoch_cells.item()
                 # the training cells' ELBO is read off the steps themselves (as the parameters moved
                 # during the epoch), not from a second pass over the data
-                row = {"epoch": epoch, "loss": epoch_loss / steps_per_epoch / n_train,
+                row = {"epoch": epoch + epoch_offset, "loss": epoch_loss / steps_per_epoch / n_train,
                        "train_elbo": epoch_cells / n_train, "validation_elbo": np.nan, "kl_weight": kl_weight}
                 if n_val:
                     row["validation_elbo"] = _mean_elbo(cell_elbos, on_device, val_index, 4 * config.batch_size)
@@ -253,23 +257,23 @@ def train(
                     recent = [r["validation_elbo"] for r in rows[-EARLY_STOPPING_WINDOW:]]
                     smoothed = float(np.mean(recent))
                     if smoothed > best_elbo:
-                        best, best_elbo, since_best, best_epoch = _snapshot(store), smoothed, 0, epoch
+                        best, best_elbo, since_best, best_epoch = _snapshot(store), smoothed, 0, epoch + epoch_offset
                     else:
                         since_best += 1
                         if since_best >= config.patience:
                             stopped_early = True
                             bar.close()  # the message goes after the bar, not over it
                             logger.info("Early stopping at epoch %d; parameters of epoch %d restored (smoothed "
-                                        "validation ELBO %.3f).", epoch, best_epoch, best_elbo)
+                                        "validation ELBO %.3f).", epoch + epoch_offset, best_epoch, best_elbo)
                             break
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch)
-                if checkpoint_every and (epoch + 1) % checkpoint_every == 0:
+                    on_epoch_end(epoch + epoch_offset)
+                if checkpoint_every and (epoch + epoch_offset + 1) % checkpoint_every == 0:
                     save_checkpoint(
                         checkpoint_dir, settings=settings or {}, params=store.get_state()["params"],
                         optim_state=optimizer.get_state(), best=best, numpy_rng_state=rng.bit_generator.state,
                         progress={"epoch": epoch, "step": step, "since_best": since_best, "best_elbo": best_elbo,
-                                  "best_epoch": best_epoch, "rows": rows})
+                                  "best_epoch": best_epoch, "rows": rows, "extra": checkpoint_extra or {}})
         except KeyboardInterrupt:
             logger.warning("Training interrupted at step %d; keeping the best parameters so far.", step)
         bar.close()

@@ -93,8 +93,9 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     rotate the networks so that the shifts are sparsest (and, on a screen without control cells,
     move the origin to the median shift).
 
-    Returns ``(params, history, n_dense)``: the parameters to continue from (the networks' and the
-    likelihood's, without the dense prior's), the dense fit's history and its epochs.
+    Returns ``(params, history, n_dense, typical_shift)``: the parameters to continue from (the
+    networks' and the likelihood's, without the dense prior's), the dense fit's history, its epochs,
+    and the median over perturbations of their largest shift in the new axes.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected warm_start_fraction in (0, 1), but got {fraction!r}.")
@@ -112,10 +113,12 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     # when fewer than half the perturbations target a latent
     translation = None if (screen.perturbations == screen.n_perturbations).all(1).any() else np.median(delta @ rotation, 0)
     rotate_networks(components.nets, rotation, translation)
+    aligned = delta @ rotation - (0.0 if translation is None else translation)
+    typical_shift = float(np.median(np.abs(aligned).max(1)))
     dense_names = set(shift.params.values())
     kept = {key: {name: value for name, value in params[key].items() if name not in dense_names}
             for key in ("params", "constraints")}
-    return kept, history, n_dense
+    return kept, history, n_dense, typical_shift
 
 
 def remaining(train_config, n_dense: int):
@@ -124,15 +127,13 @@ def remaining(train_config, n_dense: int):
 
 
 def join_histories(histories):
-    """One history of consecutive stages (each with a ``stage`` column), epochs numbered through."""
-    frames, offset = [], 0
+    """One history of consecutive stages (each with a ``stage`` column; epochs already numbered through)."""
+    frames = []
     for i, history in enumerate(histories):
         history = history.copy()
         if "stage" not in history:
             history["stage"] = "sparse"
         if i < len(histories) - 1 and "restored" in history:
             history["restored"] = False  # the model keeps the last stage's parameters
-        history["epoch"] = history["epoch"] + offset
-        offset += len(history)
         frames.append(history)
     return pd.concat(frames, ignore_index=True)
