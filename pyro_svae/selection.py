@@ -52,7 +52,7 @@ def split_by_label(adata, key: str, test_fraction: float = 0.2, seed: int = 0):
     return adata[~test].copy(), adata[test].copy()
 
 
-def select_model(adata, n_latent: Sequence[int] = (6, 8, 10, 12), min_shift: Sequence[float] = (0.5,),
+def select_model(adata, n_latent: Sequence[int] = (6, 8, 10, 12), min_shift: Sequence = ("auto",),
                  seeds: Sequence[int] = (0, 1), test_fraction: float = 0.2, iw_samples: int = 50,
                  min_agreement: float = 0.8, **fit_options) -> pd.DataFrame:
     """Fit every ``(n_latent, min_shift)`` with each seed and score it (see the module docstring).
@@ -70,10 +70,11 @@ def select_model(adata, n_latent: Sequence[int] = (6, 8, 10, 12), min_shift: Seq
     for k in n_latent:
         for shift in min_shift:
             options = {**fit_options, "n_latent": int(k),
-                       "prior_options": {**fit_options.get("prior_options", {}), "min_shift": float(shift)}}
+                       "prior_options": {**fit_options.get("prior_options", {}),
+                                         "min_shift": shift if shift == "auto" else float(shift)}}
             models = [fit(train, seed=int(s), progress=False, **options) for s in seeds]
             rows.append({
-                "n_latent": int(k), "min_shift": float(shift),
+                "n_latent": int(k), "min_shift": models[0].config.prior_options.get("min_shift", shift),
                 "heldout_iwelbo": float(np.mean([m.marginal_log_likelihood(test, n_samples=iw_samples, seed=0)
                                                  for m in models])),
                 "agreement": float(np.mean([call_agreement(models[0], m, train) for m in models[1:]])),

@@ -20,7 +20,12 @@ import torch
 from .factory import build
 from .train import train
 
-__all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "remaining", "join_histories"]
+__all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "residual_rotation", "without_prior_params",
+           "remaining", "join_histories", "REROTATE_BELOW"]
+
+#: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
+#: (|cos| of the angle to its nearest axis, 0.95 = 18 degrees) marks two or more mixed latents.
+REROTATE_BELOW = 0.95
 
 
 def sparsest_rotation(delta: np.ndarray, n_starts: int = 10, steps: int = 500, eps: float = 0.05,
@@ -119,6 +124,35 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     kept = {key: {name: value for name, value in params[key].items() if name not in dense_names}
             for key in ("params", "constraints")}
     return kept, history, n_dense, typical_shift
+
+
+def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5,
+                      seed: int = 0):
+    """The sparsest rotation of a fitted model's empirical shifts, and how far it moves the axes.
+
+    The shift of a perturbation is estimated by the mean posterior latent of its cells that carry
+    it alone (``codes`` ``[N, M]`` padded with ``n_perturbations``; perturbations with fewer than
+    ``min_cells`` such cells are left out): under ``z ~ Normal(delta, I)`` it is ``delta``, whatever
+    the prior. With fewer than twice as many such perturbations as latents the sparsest rotation
+    is not determined: the identity is returned. Returns ``(R, closeness)`` with ``closeness`` the smallest over the new axes of
+    ``max |R[:, j]|`` (1 when ``R`` is a signed permutation): a sparse fit stuck with two latents
+    mixed has a sparser rotation (closeness well below 1); one at its optimum does not.
+    """
+    codes = np.asarray(codes)
+    single = (codes != n_perturbations).sum(1) == 1
+    label = np.where(single, codes.min(1), -1)
+    rows = [latent[label == p].mean(0) for p in range(n_perturbations) if (label == p).sum() >= min_cells]
+    if len(rows) < 2 * latent.shape[1]:
+        return np.eye(latent.shape[1]), 1.0
+    rotation = sparsest_rotation(np.stack(rows), seed=seed)
+    return rotation, float(np.abs(rotation).max(0).min())
+
+
+def without_prior_params(params: dict, components) -> dict:
+    """``params`` (a param-store state) without the guide parameters of ``components``' prior sites."""
+    names = {name for site in components.sites for name in site.params.values()}
+    return {key: {name: value for name, value in params[key].items() if name not in names}
+            for key in ("params", "constraints")}
 
 
 def remaining(train_config, n_dense: int):

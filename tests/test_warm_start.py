@@ -51,3 +51,52 @@ def test_fit_with_a_warm_start_records_both_stages():
                    for name, value in model.params["params"].items())
     with pytest.raises(ValueError, match="warm_start"):
         pyro_svae.fit(make_screen(), warm_start="spin", **FAST)
+
+
+def _latents_with_shifts(delta, cells=30, seed=0):
+    """Posterior-mean stand-ins: ``cells`` cells per perturbation around its shift, codes padded."""
+    rng = np.random.default_rng(seed)
+    n_perturbations = len(delta)
+    codes = np.repeat(np.arange(n_perturbations), cells)[:, None]
+    latent = delta[codes[:, 0]] + 0.3 * rng.normal(size=(len(codes), delta.shape[1]))
+    pair = np.array([[0, 1]] * 5)  # cells with two perturbations are left out of the estimate
+    latent = np.concatenate([latent, rng.normal(size=(5, delta.shape[1])) * 10])
+    return latent, np.concatenate([np.pad(codes, ((0, 0), (0, 1)), constant_values=n_perturbations), pair])
+
+
+def test_residual_rotation_tells_mixed_latents_from_aligned_ones():
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((24, 4))
+    for row in sparse:
+        row[rng.choice(4, rng.integers(1, 3), replace=False)] = rng.choice([-1, 1]) * rng.normal(3, 0.5)
+    latent, codes = _latents_with_shifts(sparse)
+    _, closeness = warm_start.residual_rotation(latent, codes, 24)
+    assert closeness > 0.99  # at its sparsest already
+    angle = np.pi / 5  # two latents mixed by 36 degrees
+    mix = np.eye(4)
+    mix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    rotation, closeness = warm_start.residual_rotation(latent @ mix, codes, 24)
+    assert closeness < warm_start.REROTATE_BELOW
+    unmixed = latent @ mix @ rotation
+    assert np.abs(np.corrcoef(unmixed.T, latent.T)[:4, 4:]).max(1).min() > 0.99
+    # too few perturbations for the rotation to be determined: left alone
+    few, few_codes = _latents_with_shifts(sparse[:7])
+    assert warm_start.residual_rotation(few @ mix, few_codes, 7) == (pytest.approx(np.eye(4)), 1.0)
+
+
+def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, caplog):
+    adata = make_screen(n_perturbations=8, n_latent=3)
+    converging = {**FAST, "max_epochs": 300, "patience": 3}  # early stopping ends the sparse stage
+    plain = pyro_svae.fit(adata, **{**FAST, "max_epochs": 10})  # cut short by max_epochs: left alone
+    monkeypatch.setattr(warm_start, "REROTATE_BELOW", 1.01)  # every converged fit counts as mixed
+    assert "re-rotated" not in set(pyro_svae.fit(adata, **{**FAST, "max_epochs": 10}).history["stage"])
+    with caplog.at_level("INFO", logger="pyro_svae"):
+        model = pyro_svae.fit(adata, **converging)
+    assert "rotating and fitting the prior again" in caplog.text
+    stages = model.history["stage"]
+    assert list(stages.unique()) == ["dense", "sparse", "re-rotated"] and (stages == "dense").sum() == 90
+    assert model.history["epoch"].tolist() == list(range(len(model.history)))
+    assert model.history["restored"].sum() == 1
+    assert model.restored_epoch >= model.history.loc[stages == "re-rotated", "epoch"].min()
+    assert np.isfinite(model.get_latent()).all() and model.intervention_targets().shape == (8, 3)
+    assert np.allclose(plain.get_latent(), pyro_svae.fit(adata, **{**FAST, "max_epochs": 10}).get_latent())
