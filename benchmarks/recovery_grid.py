@@ -241,18 +241,22 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     print(summary.round(3).to_string())
     held_out = set(grid_screens("held_out"))
     lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}`", "",
-             "Each screen simulated with seeds 0 and 1 and fitted with the same seed, `n_latent` the true number,",
-             "every other `fit` setting at its default; one CPU thread per fit. MCC: mean |correlation| of matched",
+             f"Each screen simulated with seed(s) {', '.join(map(str, sorted(runs['screen_seed'].unique())))} and fitted "
+             "with the same seed, `n_latent` the true number,",
+             "every other `fit` setting at its default; one CPU thread per fit, two fits at a time. MCC: mean |correlation| of matched",
              "latents; F1 of targets at PIP > 0.5; FDP / recall: realised false discovery proportion and recall of",
              "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5) of fit seeds 0 and 1 on the seed-0",
              f"screen. Goals: {GOALS}.", ""]
+    if agreement.empty:
+        lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",
+                  "measured on this page.", ""]
     for part, screens in (("development screens", [s for s in per_screen.index if s not in held_out]),
                           ("held-out screens", [s for s in per_screen.index if s in held_out])):
         if not screens:
             continue
         part_runs = runs[runs["screen"].isin(screens)]
         lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
-    lines += ["## Per screen (mean of the two seeds)", "", markdown(per_screen), ""]
+    lines += ["## Per screen (mean over the screen seeds)", "", markdown(per_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
     _plot(per_screen, results / f"{name}.png")
     print(f"Wrote {results / name}.md and .png")

@@ -58,7 +58,7 @@ DEV: Dict[str, dict] = {
                           dispersion=5.0, library_size=1000.0, gene_baseline_sd=1.5, decoder_layers=3),
     "mixed_easy": _screen(n_latent=6, n_perturbations=30, n_cells_per_perturbation=200, shift_size=4.0,
                           dispersion=None, library_size=5000.0, gene_baseline_sd=2.0, n_control=0),
-    # the paper's setting (Lopez et al. 2023, Sec. 6.1), as benchmarks/paper_simulation.py
+    # the paper's setting (Lopez et al. 2023, Sec. 6.1): 15 latents, 100 perturbations, no controls
     "paper": dict(n_latent=15, n_perturbations=100, n_cells_per_perturbation=500, n_control=0, min_targets=1,
                   max_targets=3, shift_size=5.0, dispersion=10.0, library_size=2000.0, gene_baseline_sd=0.0,
                   decoder_layers=3, n_genes=100),
