@@ -14,7 +14,6 @@ commit (``git checkout``); the report itself only reads the runs. Writes
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
