@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -490,6 +491,7 @@ def report(steps, fits, profile, predicted, scale, args, adata):
              "## Profile of `fit` (cProfile, by own time)", ""]
     for name, text in profile.items():
         body = text[text.index("ncalls"):] if "ncalls" in text else text
+        body = re.sub(r"\S*/site-packages/", "site-packages/", body)  # paths short, and no one's home folder
         lines += [f"{name}:", "", "```", body.strip(), "```", ""]
     lines += ["## Prediction", "", "```", _table(predicted), "```", "",
               "## Scaling: sparse screens, 2,000 genes, 5% non-zero, one epoch of `fit`", "",
