@@ -120,10 +120,7 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     rotate_networks(components.nets, rotation, translation)
     aligned = delta @ rotation - (0.0 if translation is None else translation)
     typical_shift = float(np.median(np.abs(aligned).max(1)))
-    dense_names = set(shift.params.values())
-    kept = {key: {name: value for name, value in params[key].items() if name not in dense_names}
-            for key in ("params", "constraints")}
-    return kept, history, n_dense, typical_shift
+    return without_prior_params(params, dense), history, n_dense, typical_shift
 
 
 def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5,
