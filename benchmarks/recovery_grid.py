@@ -268,7 +268,7 @@ def _plot(per_screen: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics_shown = [("mcc", "latent MCC"), ("target_f1", "target F1"), ("fdp_0.1", "realised FDP at fdr 0.1"),
+    metrics_shown = [("mcc", "latent MCC"), ("target_f1", "target F1"), ("fdp_0.1", "realised FDP at fdr 0.1\n(fits with calls)"),
                      ("jaccard", "seed agreement (Jaccard)")]
     present = set(per_screen.columns.get_level_values(0))
     metrics_shown = [(m, t) for m, t in metrics_shown if m in present and per_screen[m].notna().any().any()]
@@ -280,7 +280,10 @@ def _plot(per_screen: pd.DataFrame, path: Path) -> None:
     for ax, (metric, title) in zip(axes, metrics_shown):
         for i, method in enumerate(methods):
             if (metric, method) in per_screen.columns:
-                ax.scatter(per_screen[(metric, method)], y, s=14, label=method, marker="os^Dv<>"[i % 7])
+                values = per_screen[(metric, method)]
+                if metric == "fdp_0.1" and ("recall_0.1", method) in per_screen.columns:
+                    values = values.where(per_screen[("recall_0.1", method)] > 0)  # no calls: no FDP to show
+                ax.scatter(values, y, s=14, label=method, marker="os^Dv<>"[i % 7])
         if metric in ("mcc", "target_f1", "jaccard"):
             ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
         if metric == "fdp_0.1":

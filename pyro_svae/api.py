@@ -247,9 +247,10 @@ def fit(
         raise
     model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
     stopped_early = len(history) < train_config.max_epochs  # converged, not cut short by max_epochs
+    latent = None  # the cells' posterior means, computed once for the checks below
     if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and stopped_early:
-        rotation, closeness = warm.residual_rotation(model.get_latent(adata), screen.perturbations,
-                                                     screen.n_perturbations, seed=seed)
+        latent = model.get_latent(adata)
+        rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
         if closeness < warm.REROTATE_BELOW:
             # stuck with mixed latents: rotate to the sparsest axes and fit the prior again from there
             logger.info("The fitted shifts are sparser in axes rotated up to %.0f degrees from the model's (latents "
@@ -261,9 +262,10 @@ def fit(
                             progress=progress, on_epoch_end=track if track_targets else None,
                             epoch_offset=n_dense + len(history)).assign(stage="re-rotated")
             model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
+            latent = None
     if stages:
         model.history = warm.join_histories(stages + [model.history])
-    activity = latent_activity(model)
+    activity = latent_activity(model, latent=latent)
     if not activity["active"].all():
         logger.info("%d of %d latents are inactive (no target, no variance): %s. A smaller n_latent describes this "
                     "screen as well (pyro_svae.selection.select_model compares settings).",

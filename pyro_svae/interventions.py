@@ -2,8 +2,9 @@
 counterfactuals of observed cells under another perturbation.
 
 Both go through the generative model's pieces: effective shifts drawn from the guide (masks
-sampled, one draw of the global sites per predicted cell, vectorised), ``z = shift + noise``, then
-counts from the decoder and the count likelihood (:func:`~pyro_svae.likelihoods.count_distribution`).
+sampled; each predicted cell gets its own draw of its members' shifts, vectorised), ``z = shift +
+noise``, then counts from the decoder and the count likelihood
+(:func:`~pyro_svae.likelihoods.count_distribution`).
 Every function here runs inside the model's param scope (``SVAE`` enters it).
 """
 
@@ -22,7 +23,7 @@ from .likelihoods import count_distribution, dispersion_param
 from .model import cell_shifts
 from .posterior import MAX_DRAW_ELEMENTS, draw_globals
 
-__all__ = ["encode_labels", "predict", "simulate_cells", "counterfactual_counts"]
+__all__ = ["encode_labels", "predict", "draw_slots", "simulate_cells", "counterfactual_counts"]
 
 
 def encode_labels(components: Components, labels: Sequence[str]) -> np.ndarray:
@@ -73,7 +74,7 @@ def predict(components: Components, perturbations: Union[str, Sequence[str]], n_
                         "library_size": library_sizes}, index=[f"predicted{i}" for i in range(n)])
     if batch_codes is not None:
         obs[components.config.batch_key or "batch"] = np.asarray(layout.batches, dtype=object)[batch_codes]
-    result = anndata.AnnData(X=counts.astype(np.float32), obs=obs, var=pd.DataFrame(index=list(layout.genes)))
+    result = anndata.AnnData(X=counts, obs=obs, var=pd.DataFrame(index=list(layout.genes)))
     result.obsm["z"] = z
     result.obsm["shift"] = shift
     return result
@@ -84,32 +85,69 @@ def _decode(components: Components, z: torch.Tensor, batch: Optional[torch.Tenso
     return count_distribution(components.nets.decoder, components.likelihood, z, batch, library, dispersion).sample()
 
 
+def draw_slots(codes: np.ndarray, n_perturbations: int):
+    """A draw of the global sites for each cell, shared only where no perturbation's row is used twice.
+
+    ``codes`` ``[n, M]`` are member codes (``n_perturbations`` pads). Returns ``(slot [n], n_draws)``:
+    the cells of one label get distinct draws, and cells of labels without a common member (``"A"``
+    and ``"B"``, not ``"A"`` and ``"A+B"``) may share one, each reading its own members' rows. Each
+    label's cells are then independent draws from the posterior predictive, as with one draw per
+    cell, for ``n_draws`` (about ``n_cells`` per label times the labels that overlap) draws instead of
+    ``n``. Cells of different labels that share a draw are correlated only through sites common to
+    all perturbations (none in the built-in priors but the horseshoe's global scale).
+    """
+    labels, inverse = np.unique(np.asarray(codes), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    used, group = [], np.empty(len(labels), dtype=np.int64)  # greedy colouring: overlapping labels apart
+    for index, row in enumerate(labels):
+        members = set(row[row < n_perturbations].tolist())
+        group[index] = next((g for g, taken in enumerate(used) if not taken & members), len(used))
+        if group[index] == len(used):
+            used.append(set())
+        used[group[index]] |= members
+    sizes = np.bincount(inverse, minlength=len(labels))
+    order = np.argsort(inverse, kind="stable")
+    rank = np.empty(len(inverse), dtype=np.int64)  # position of each cell among the cells of its label
+    rank[order] = np.arange(len(inverse)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    draws_per_group = np.zeros(len(used), dtype=np.int64)
+    np.maximum.at(draws_per_group, group, sizes)
+    offsets = np.concatenate([[0], np.cumsum(draws_per_group)[:-1]])
+    return offsets[group[inverse]] + rank, int(draws_per_group.sum())
+
+
 def simulate_cells(components: Components, codes: np.ndarray, batch: Optional[np.ndarray], library: np.ndarray,
                    device, cells_per_chunk: int = 8192):
     """Cells under the perturbations ``codes`` ``[n, M]``: ``(counts [n, G], z [n, K], shift [n, K])``.
 
-    Each cell gets its own draw of the global sites (masks sampled), drawn for a chunk of cells at
-    once; at most :data:`~pyro_svae.posterior.MAX_DRAW_ELEMENTS` shift values are held.
+    Each cell gets its own draw of its members' shifts (masks sampled; :func:`draw_slots`), the
+    draws made for a chunk at once; at most :data:`~pyro_svae.posterior.MAX_DRAW_ELEMENTS` shift
+    values and ``cells_per_chunk`` decoded cells are held.
     """
-    n = len(codes)
-    shape = components.n_perturbations * components.config.n_latent
-    chunk = max(1, min(cells_per_chunk, MAX_DRAW_ELEMENTS // max(1, shape)))
-    counts, latents, shifts = [], [], []
+    n, n_perturbations = len(codes), components.n_perturbations
+    slot, n_draws = draw_slots(codes, n_perturbations)
+    by_slot = np.argsort(slot, kind="stable")
+    bounds = np.searchsorted(slot[by_slot], np.arange(0, n_draws + 1))  # cells of draw d: by_slot[bounds[d]:bounds[d+1]]
+    chunk = max(1, min(cells_per_chunk, MAX_DRAW_ELEMENTS // max(1, n_perturbations * components.config.n_latent)))
+    counts = np.empty((n, components.nets.n_genes), dtype=np.float32)
+    latents = np.empty((n, components.config.n_latent), dtype=np.float32)
+    shifts = np.empty_like(latents)
     with torch.no_grad():
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            draws = draw_globals(components, stop - start, device)
-            members = torch.as_tensor(codes[start:stop], device=device)  # [c, M]
-            masked = draws.masked_shifts()  # [c, P, K]
+        for first in range(0, n_draws, chunk):
+            last = min(first + chunk, n_draws)
+            masked = draw_globals(components, last - first, device).masked_shifts()  # [d, P, K]
             padded = torch.cat([masked, masked.new_zeros(masked.shape[0], 1, masked.shape[-1])], dim=1)
-            shift = padded[torch.arange(stop - start, device=device)[:, None], members].sum(-2)  # [c, K]
-            z = shift + torch.randn_like(shift)
-            b = None if batch is None else torch.as_tensor(batch[start:stop], device=device)
-            lib = torch.as_tensor(library[start:stop], device=device)
-            counts.append(_decode(components, z, b, lib).cpu())
-            latents.append(z.cpu())
-            shifts.append(shift.cpu())
-    return torch.cat(counts).numpy(), torch.cat(latents).numpy(), torch.cat(shifts).numpy()
+            cells_of_chunk = by_slot[bounds[first]:bounds[last]]
+            for part in range(0, len(cells_of_chunk), cells_per_chunk):
+                cells = cells_of_chunk[part:part + cells_per_chunk]
+                draw = torch.as_tensor(slot[cells] - first, device=device)
+                members = torch.as_tensor(codes[cells], device=device)  # [c, M]
+                shift = padded[draw[:, None], members].sum(-2)  # [c, K]
+                z = shift + torch.randn_like(shift)
+                b = None if batch is None else torch.as_tensor(batch[cells], device=device)
+                lib = torch.as_tensor(library[cells], device=device)
+                counts[cells] = _decode(components, z, b, lib).cpu().numpy()
+                latents[cells], shifts[cells] = z.cpu().numpy(), shift.cpu().numpy()
+    return counts, latents, shifts
 
 
 def counterfactual_counts(components: Components, minibatches, n_cells: int, target: torch.Tensor,

@@ -59,16 +59,20 @@ def by_group(values: np.ndarray, adata, by: Optional[str], name: str):
 
 
 def latent_activity(model, adata=None, threshold: float = 0.5, min_variance: float = 0.05,
-                    num_samples: int = 100) -> pd.DataFrame:
+                    num_samples: int = 100, latent: Optional[np.ndarray] = None) -> pd.DataFrame:
     """Per latent: how many perturbations target it and how much the cells vary along it.
 
     Returns a table indexed by latent with ``targets`` (perturbations with inclusion probability >
     ``threshold``), ``max_pip``, ``variance`` (of the cells' posterior means; the prior's is 1 plus
     the shifts') and ``active`` (a target, or a variance of at least ``min_variance``). An inactive
     latent is one the model does not use: a smaller ``n_latent`` describes the screen as well.
+    ``latent``: the cells' posterior means if already computed (``model.get_latent(adata)``).
     """
     pips = model.intervention_targets(num_samples=num_samples)
-    variance = model.get_latent(adata).var(0)
+    latent = model.get_latent(adata) if latent is None else np.asarray(latent)
+    if latent.ndim != 2 or latent.shape[1] != pips.shape[1]:
+        raise ValueError(f"latent must have shape (n_cells, {pips.shape[1]}), but got {latent.shape}.")
+    variance = latent.var(0)
     table = pd.DataFrame({"targets": (pips > threshold).sum(0).to_numpy(), "max_pip": pips.max(0).to_numpy(),
                           "variance": variance}, index=pd.RangeIndex(len(variance), name="latent"))
     table["active"] = (table["targets"] > 0) | (table["variance"] >= min_variance)

@@ -266,7 +266,7 @@ class SVAE:
     def predict(self, perturbations, n_cells: int = 100, batch: Optional[str] = None, library=None,
                 seed: Optional[int] = None):
         """Simulate ``n_cells`` cells for each label of ``perturbations`` (``"A"``, ``"A+B"``, or the
-        control): a draw of the global sites per cell (masks sampled), ``z ~ Normal(sum of the
+        control): a draw of its members' shifts per cell (masks sampled), ``z ~ Normal(sum of the
         members' shifts, I)``, counts from the decoder; combinations never seen together are
         predicted. ``library``: a number or an array of library sizes (default: drawn from the
         training cells); ``batch``: a batch name (default: spread over batches). Returns an AnnData

@@ -30,6 +30,11 @@ def test_latent_activity_flags_latents_without_target_or_variance():
     assert list(table["targets"]) == [1, 0, 1]
     assert list(table["active"]) == [True, False, True]  # latent 1: no target, no variance
     assert table.loc[0, "variance"] == pytest.approx(1.0, abs=0.15)
+    # latents computed beforehand are used as they are (fit passes the ones it already has)
+    given = selection.latent_activity(_Fake(pips, None), latent=latent)
+    pd.testing.assert_frame_equal(given, table)
+    with pytest.raises(ValueError, match=r"latent must have shape \(n_cells, 3\)"):
+        selection.latent_activity(_Fake(pips, None), latent=latent[:, :2])
 
 
 def test_call_agreement_of_a_model_with_itself_is_one(fitted):

@@ -171,6 +171,42 @@ def test_a_combinations_mean_shift_is_the_sum_of_its_members(fitted):
     assert np.allclose(a, model.shifts().loc["p0"], atol=spread + 0.05)
 
 
+def test_draw_slots_never_give_one_row_of_one_draw_to_two_cells():
+    from pyro_svae.interventions import draw_slots
+
+    P = 4
+    rng = np.random.default_rng(0)
+    labels = np.array([[0, P], [1, P], [0, 1], [2, 3], [P, P], [3, P]])  # A, B, A+B, C+D, control, D
+    codes = labels[rng.integers(len(labels), size=500)]
+    slot, n_draws = draw_slots(codes, P)
+    assert slot.shape == (500,) and slot.min() >= 0 and slot.max() < n_draws
+    rows = [(s, m) for s, row in zip(slot, codes) for m in row if m < P]
+    assert len(rows) == len(set(rows))  # each (draw, perturbation) row read by at most one cell
+    for label in labels:  # the cells of one label get distinct draws
+        cells = (codes == label).all(1)
+        assert len(set(slot[cells])) == cells.sum()
+    # labels without common members share draws: A, B, C+D and the control fit in one group
+    single = np.repeat(np.array([[0, P], [1, P], [2, 3], [P, P]]), 50, axis=0)
+    assert draw_slots(single, P)[1] == 50
+    assert draw_slots(np.repeat(np.array([[0, P], [0, 1]]), 50, axis=0), P)[1] == 100  # A and A+B apart
+
+
+def test_predicted_cells_of_one_label_are_independent_draws(fitted):
+    """Each cell's mask is drawn on its own: the share of cells with the target on is the PIP, and
+    cells do not repeat one another's shift (as they would if they shared a draw)."""
+    model, _ = fitted
+    n = 2000
+    predicted = model.predict(["p0", "p1"], n_cells=n, library=1000.0, seed=1)
+    pip = model.intervention_targets()
+    for i, label in enumerate(["p0", "p1"]):
+        shift = predicted.obsm["shift"][i * n:(i + 1) * n]
+        on = np.abs(shift) > 0
+        assert np.allclose(on.mean(0), pip.loc[label].to_numpy(), atol=4 * 0.5 / np.sqrt(n) + 1e-3)
+        nonzero = shift[:, on.mean(0) > 0.5]
+        if nonzero.size:
+            assert len(np.unique(nonzero.round(6), axis=0)) == len(nonzero)
+
+
 def test_predict_rejects_unknown_labels_and_batches(fitted):
     model, _ = fitted
     with pytest.raises(ValueError, match="'nope' is not one of the known perturbations"):
