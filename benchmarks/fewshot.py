@@ -88,6 +88,8 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
         message = " ".join(f"{type(error).__name__}: {error}".split())[:160]
         return pd.DataFrame({"prior": [prior], "group": [", ".join(group)], "error": [message]})
     fit_seconds = time.perf_counter() - start
+    # whether fit rotated a converged fit again (warm_start.residual_rotation): a second sparse stage
+    rerotated = bool("stage" in model.history and (model.history["stage"] == "re-rotated").any())
     tables = []
     for k in args.k:
         seen = part(np.concatenate([pool[:k] for pool in pools.values()]))
@@ -98,7 +100,8 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
                                     seed=args.seed, top_n=args.top_n, n_samples=args.iw_samples)
         table["method"] = table["method"].replace({"model": prior})
         tables.append(table.assign(k=k, group=", ".join(group), prior=prior, fit_seconds=fit_seconds,
-                                   transfer_seconds=transfer_seconds, epochs=len(model.history)))
+                                   transfer_seconds=transfer_seconds, epochs=len(model.history),
+                                   rerotated=rerotated))
     return pd.concat(tables, ignore_index=True)
 
 
@@ -131,9 +134,14 @@ def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed
         lines += [f"| {method} | {row['n']:.0f} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + " |"
                   for method, row in block.iterrows()]
         lines.append("")
-    timing = table.groupby(["prior", "group"])[["fit_seconds", "epochs"]].first().groupby("prior").mean()
-    lines += ["## Fit time per prior (mean over groups, one CPU thread)", "", "| prior | fit seconds | epochs |",
-              "|---|---|---|"] + [f"| {p} | {r['fit_seconds']:.0f} | {r['epochs']:.0f} |" for p, r in timing.iterrows()]
+    timing = table.groupby(["prior", "group"])[["fit_seconds", "epochs", "rerotated"]].first().astype(float)
+    timing = timing.groupby("prior").agg(fit_seconds=("fit_seconds", "mean"), epochs=("epochs", "mean"),
+                                         rerotated=("rerotated", "sum"), groups=("epochs", "size"))
+    lines += ["## Fit time per prior (mean over groups, one CPU thread)", "",
+              "`re-rotated`: fits that `fit` rotated again once converged (a second sparse stage; docs/training.md).", "",
+              "| prior | fit seconds | epochs | re-rotated |", "|---|---|---|---|"]
+    lines += [f"| {p} | {r['fit_seconds']:.0f} | {r['epochs']:.0f} | {r['rerotated']:.0f} of {r['groups']:.0f} |"
+              for p, r in timing.iterrows()]
     if len(failed):
         lines += ["", "## Fits that failed (left out above)", ""]
         lines += [f"- {row.prior} (held out {row.group}): `{row.error}`" for row in failed.itertuples()]
