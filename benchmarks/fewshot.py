@@ -105,10 +105,10 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def summarise(table: pd.DataFrame, priors: list) -> pd.DataFrame:
-    """Mean over held-out knockouts per method, metric and k; baselines counted once (not per prior)."""
+def summarise(table: pd.DataFrame, priors: list, how: str = "mean") -> pd.DataFrame:
+    """Mean (or median) over held-out knockouts per method, metric and k; baselines counted once."""
     rows = table[table["method"].isin(priors) | (table["prior"] == priors[0])]
-    summary = rows.groupby(["metric", "method", "k"])["value"].mean().unstack("k")
+    summary = rows.groupby(["metric", "method", "k"])["value"].agg(how).unstack("k")
     counts = rows.groupby(["metric", "method"])["perturbation"].nunique().rename("n")
     return summary.join(counts)
 
@@ -116,7 +116,8 @@ def summarise(table: pd.DataFrame, priors: list) -> pd.DataFrame:
 def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed, args, out: Path) -> None:
     cells = dict(zip(phenotypes.index, phenotypes["n_cells"]))
     lines = ["# Few-shot prediction of held-out knockouts: Papalexi 2021 (ECCITE-seq)", "",
-             f"`python benchmarks/fewshot.py --k {' '.join(map(str, args.k))} --group-size {args.group_size} "
+             f"`python benchmarks/fewshot.py --priors {' '.join(args.priors)} --k {' '.join(map(str, args.k))} "
+             f"--group-size {args.group_size} "
              f"--max-epochs {args.max_epochs} --transfer-epochs {args.transfer_epochs} --n-cells {args.n_cells} "
              f"--iw-samples {args.iw_samples} --seed {args.seed}` — `datasets.papalexi2021(min_guide_fraction=0.8, "
              f"min_cells=50)`; knockouts with at least {args.min_de_genes} DE genes held out in groups: "
@@ -134,6 +135,26 @@ def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed
         lines += [f"| {method} | {row['n']:.0f} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + " |"
                   for method, row in block.iterrows()]
         lines.append("")
+    priors = [p for p in args.priors if p in set(table["prior"])]
+    median = summarise(table, priors, "median").loc["pearson_delta"]
+    ks = [k for k in median.columns if k != "n"]
+    lines += ["## Median pearson_delta over the held-out knockouts", "",
+              "The goal's statistic: the model's median against the k-cell mean's and the training mean's.", "",
+              "| method | knockouts | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    lines += [f"| {method} | {row['n']:.0f} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + " |"
+              for method, row in median.iterrows()]
+    rows = table[(table["metric"] == "pearson_delta") & (table["method"].isin(priors) | (table["prior"] == priors[0]))]
+    per_knockout = rows.pivot_table(index="perturbation", columns=["method", "k"], values="value")
+    methods = [m for m in per_knockout.columns.get_level_values(0).unique() if m != "control"]
+    columns = [(m, k) for m in methods for k in ks if (m, k) in per_knockout.columns]
+    lines += ["", "## pearson_delta per held-out knockout", "",
+              "Columns: method, k (`linear` and the other baselines that do not use the seen cells are the same at "
+              "every k: shown at the first k only).", ""]
+    columns = [(m, k) for m, k in columns if m in priors or m == "k_cell_mean" or k == ks[0]]
+    lines += ["| knockout | " + " | ".join(f"{m} {k}" for m, k in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {knockout} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |"
+              for knockout, row in per_knockout.iterrows()]
+    lines.append("")
     timing = table.groupby(["prior", "group"])[["fit_seconds", "epochs", "rerotated"]].first().astype(float)
     timing = timing.groupby("prior").agg(fit_seconds=("fit_seconds", "mean"), epochs=("epochs", "mean"),
                                          rerotated=("rerotated", "sum"), groups=("epochs", "size"))
@@ -198,6 +219,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="fewshot")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from <out>/<name>.csv")
     args = parser.parse_args()
     if not Path(args.data).is_file():
         raise SystemExit(f"{args.data} not found: this benchmark needs the Papalexi 2021 file (see shared/data/README.md).")
@@ -208,9 +230,12 @@ def main():
                                          args.group_size, args.seed)
     groups = groups[:args.max_groups]
     print(f"held-out groups: {groups}")
-    jobs = [(prior, group, args) for group in groups for prior in args.priors]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        table = pd.concat(pool.map(run, *zip(*jobs)), ignore_index=True)
+    if args.report_only:
+        table = pd.read_csv(Path(args.out) / f"{args.name}.csv")
+    else:
+        jobs = [(prior, group, args) for group in groups for prior in args.priors]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            table = pd.concat(pool.map(run, *zip(*jobs)), ignore_index=True)
     failed = table[table["error"].notna()] if "error" in table else table.iloc[:0]
     table = table[table["error"].isna()].drop(columns="error") if "error" in table else table
     if table.empty:
