@@ -105,15 +105,21 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def _rows(table: pd.DataFrame, priors: list) -> pd.DataFrame:
+    """Every prior's own rows, and the baselines' rows once (those scored beside the first prior)."""
+    return table[table["method"].isin(priors) | (table["prior"] == priors[0])]
+
+
 def summarise(table: pd.DataFrame, priors: list, how: str = "mean") -> pd.DataFrame:
     """Mean (or median) over held-out knockouts per method, metric and k; baselines counted once."""
-    rows = table[table["method"].isin(priors) | (table["prior"] == priors[0])]
+    rows = _rows(table, priors)
     summary = rows.groupby(["metric", "method", "k"])["value"].agg(how).unstack("k")
     counts = rows.groupby(["metric", "method"])["perturbation"].nunique().rename("n")
     return summary.join(counts)
 
 
-def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed, args, out: Path) -> None:
+def write(summary: pd.DataFrame, table: pd.DataFrame, priors: list, groups, phenotypes, failed, args,
+          out: Path) -> None:
     cells = dict(zip(phenotypes.index, phenotypes["n_cells"]))
     lines = ["# Few-shot prediction of held-out knockouts: Papalexi 2021 (ECCITE-seq)", "",
              f"`python benchmarks/fewshot.py --priors {' '.join(args.priors)} --k {' '.join(map(str, args.k))} "
@@ -135,7 +141,6 @@ def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed
         lines += [f"| {method} | {row['n']:.0f} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + " |"
                   for method, row in block.iterrows()]
         lines.append("")
-    priors = [p for p in args.priors if p in set(table["prior"])]
     median = summarise(table, priors, "median").loc["pearson_delta"]
     ks = [k for k in median.columns if k != "n"]
     lines += ["## Median pearson_delta over the held-out knockouts", "",
@@ -143,14 +148,14 @@ def write(summary: pd.DataFrame, table: pd.DataFrame, groups, phenotypes, failed
               "| method | knockouts | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
     lines += [f"| {method} | {row['n']:.0f} | " + " | ".join(f"{row[k]:.3f}" for k in ks) + " |"
               for method, row in median.iterrows()]
-    rows = table[(table["metric"] == "pearson_delta") & (table["method"].isin(priors) | (table["prior"] == priors[0]))]
-    per_knockout = rows.pivot_table(index="perturbation", columns=["method", "k"], values="value")
-    methods = [m for m in per_knockout.columns.get_level_values(0).unique() if m != "control"]
-    columns = [(m, k) for m in methods for k in ks if (m, k) in per_knockout.columns]
+    rows = _rows(table, priors)
+    per_knockout = rows[rows["metric"] == "pearson_delta"].pivot_table(index="perturbation", columns=["method", "k"],
+                                                                       values="value")
     lines += ["", "## pearson_delta per held-out knockout", "",
               "Columns: method, k (`linear` and the other baselines that do not use the seen cells are the same at "
               "every k: shown at the first k only).", ""]
-    columns = [(m, k) for m, k in columns if m in priors or m == "k_cell_mean" or k == ks[0]]
+    columns = [(m, k) for m, k in per_knockout.columns
+               if m != "control" and (m in priors or m == "k_cell_mean" or k == ks[0])]
     lines += ["| knockout | " + " | ".join(f"{m} {k}" for m, k in columns) + " |", "|---|" + "---|" * len(columns)]
     lines += [f"| {knockout} | " + " | ".join(f"{row[c]:.2f}" for c in columns) + " |"
               for knockout, row in per_knockout.iterrows()]
@@ -247,7 +252,7 @@ def main():
     print(summary.round(3).to_string())
     if len(failed):
         print(f"failed fits: {failed[['prior', 'group', 'error']].to_string(index=False)}")
-    write(summary, table, groups, phenotypes, failed, args, Path(args.out))
+    write(summary, table, priors, groups, phenotypes, failed, args, Path(args.out))
     print(f"Wrote {Path(args.out) / args.name}.md, .csv and .png")
 
 
