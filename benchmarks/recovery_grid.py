@@ -258,11 +258,14 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
         lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
     lines += ["## Per screen (mean over the screen seeds)", "", markdown(per_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
-    _plot(per_screen, results / f"{name}.png")
+    has_calls = grid.groupby(["screen", "method"])["calls_0.1"].max().unstack("method") > 0
+    _plot(per_screen, has_calls, results / f"{name}.png")
     print(f"Wrote {results / name}.md and .png")
 
 
-def _plot(per_screen: pd.DataFrame, path: Path) -> None:
+def _plot(per_screen: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None:
+    """One panel per metric, a row per screen; ``has_calls`` ``[screens x methods]``: a fit with calls at
+    fdr 0.1 (the FDP of a method without calls is not drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,8 +284,8 @@ def _plot(per_screen: pd.DataFrame, path: Path) -> None:
         for i, method in enumerate(methods):
             if (metric, method) in per_screen.columns:
                 values = per_screen[(metric, method)]
-                if metric == "fdp_0.1" and ("recall_0.1", method) in per_screen.columns:
-                    values = values.where(per_screen[("recall_0.1", method)] > 0)  # no calls: no FDP to show
+                if metric == "fdp_0.1":
+                    values = values.where(has_calls[method].reindex(values.index, fill_value=False))
                 ax.scatter(values, y, s=14, label=method, marker="os^Dv<>"[i % 7])
         if metric in ("mcc", "target_f1", "jaccard"):
             ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
