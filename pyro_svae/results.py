@@ -66,7 +66,7 @@ def latent_activity(model, adata=None, threshold: float = 0.5, min_variance: flo
     ``threshold``), ``max_pip``, ``variance`` (of the cells' posterior means; the prior's is 1 plus
     the shifts') and ``active`` (a target, or a variance of at least ``min_variance``). An inactive
     latent is one the model does not use: a smaller ``n_latent`` describes the screen as well.
-    ``latent``: the cells' posterior means if already computed (``model.get_latent(adata)``).
+    ``latent`` ``[n_cells, n_latent]``: the cells' posterior means if already computed (``model.get_latent(adata)``).
     """
     pips = model.intervention_targets(num_samples=num_samples)
     latent = model.get_latent(adata) if latent is None else np.asarray(latent)
