@@ -144,7 +144,10 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
     scores = metrics.target_scores(pips.to_numpy(), true_targets, matching)
     row = {"screen": screen, "screen_seed": screen_seed, "fit_seed": fit_seed, "method": method,
            "mcc": metrics.mcc(latent, truth), **{f"target_{k}": v for k, v in scores.items()},
-           "epochs": len(model.history), "seconds": seconds}
+           "epochs": len(model.history), "seconds": seconds,
+           # a second sparse stage (warm_start.residual_rotation), and the ELBO restarts would be chosen by
+           "rerotated": bool("stage" in model.history and (model.history["stage"] == "re-rotated").any()),
+           "elbo": float(model.elbo(adata, seed=0))}
     for fdr in FDRS:
         calls = model.target_calls(fdr=fdr)
         called = np.zeros(pips.shape, bool)
@@ -152,6 +155,8 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
         realised = metrics.false_discovery(called, true_targets, matching)
         row.update({f"fdp_{fdr}": realised["fdp"], f"recall_{fdr}": realised["recall"],
                     f"calls_{fdr}": realised["n_called"]})
+        if fdr == 0.1:  # what a user gets, for the seed agreement of the FDR calls
+            row["aligned_fdr_calls"] = metrics.aligned_calls(called, matching, true_targets.shape[1]).tolist()
     row["aligned_calls"] = metrics.aligned_calls(pips.to_numpy() > 0.5, matching, true_targets.shape[1]).tolist()
     return row
 
@@ -181,18 +186,26 @@ def _read_runs(path: Path) -> pd.DataFrame:
 
 
 def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per screen and method: Jaccard of the target calls of fit seeds 0 and 1 on the seed-0 screen."""
+    """Per screen and method: Jaccard of the target calls of fit seeds 0 and 1 on the seed-0 screen,
+    of the calls at PIP > 0.5 (``jaccard``) and of ``target_calls(fdr=0.1)`` (``jaccard_fdr``; NaN
+    for runs that did not record them)."""
     from pyro_svae.metrics import jaccard
+
+    def agreement(a, b):
+        a, b = np.asarray(a, bool), np.asarray(b, bool)
+        width = max(a.shape[1], b.shape[1])
+        pad = (lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]))))  # noqa: E731
+        return jaccard(pad(a), pad(b))
 
     rows = []
     for (screen, method), group in runs[runs["screen_seed"] == 0].groupby(["screen", "method"]):
-        fits = {r["fit_seed"]: np.asarray(r["aligned_calls"], bool) for _, r in group.iterrows()}
+        fits = {r["fit_seed"]: r for _, r in group.iterrows()}
         if 0 in fits and 1 in fits:
             a, b = fits[0], fits[1]
-            width = max(a.shape[1], b.shape[1])
-            pad = (lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]))))  # noqa: E731
-            rows.append({"screen": screen, "method": method, "jaccard": jaccard(pad(a), pad(b))})
-    return pd.DataFrame(rows, columns=["screen", "method", "jaccard"])
+            recorded = all(isinstance(r.get("aligned_fdr_calls"), list) for r in (a, b))
+            rows.append({"screen": screen, "method": method, "jaccard": agreement(a["aligned_calls"], b["aligned_calls"]),
+                         "jaccard_fdr": agreement(a["aligned_fdr_calls"], b["aligned_fdr_calls"]) if recorded else np.nan})
+    return pd.DataFrame(rows, columns=["screen", "method", "jaccard", "jaccard_fdr"])
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -215,7 +228,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
     per_screen = grid.groupby(["method", "screen"])[["mcc", "target_f1", "fdp_0.05", "fdp_0.1", "recall_0.05",
                                                      "recall_0.1", "seconds"]].mean()
-    agreement = seed_agreement(runs).set_index(["method", "screen"])["jaccard"]
+    agreement = seed_agreement(runs).set_index(["method", "screen"])
+    rerotated = grid.groupby(["method", "screen"])["rerotated"].max() if "rerotated" in grid else None
     rows = []
     for method, table in per_screen.groupby(level="method"):
         meets = (table["mcc"] >= 0.9) & (table["target_f1"] >= 0.9)
@@ -224,9 +238,49 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                      "mean_fdp_0.05": table["fdp_0.05"].mean(), "max_fdp_0.05": table["fdp_0.05"].max(),
                      "mean_fdp_0.1": table["fdp_0.1"].mean(), "max_fdp_0.1": table["fdp_0.1"].max(),
                      "median_recall_0.1": table["recall_0.1"].median(),
-                     "median_jaccard": agreement.loc[method].median() if method in agreement.index.get_level_values(0) else np.nan,
+                     **{f"median_{k}": agreement.loc[method, k].median() if method in agreement.index.get_level_values(0)
+                        and agreement.loc[method, k].notna().any() else np.nan for k in ("jaccard", "jaccard_fdr")},
+                     "rerotated": np.nan if rerotated is None else float(rerotated.loc[method].fillna(False).sum()),
                      "mean_seconds": table["seconds"].mean()})
     return pd.DataFrame(rows).set_index("method")
+
+
+def restart_choice(runs: pd.DataFrame) -> pd.DataFrame:
+    """Two restarts chosen by the ELBO: per screen and method with fit seeds 0 and 1 on the seed-0 screen
+    (and their ELBO on all cells recorded), the MCC and F1 of seed 0, of the fit with the higher ELBO,
+    and of the better of the two by MCC + F1 (what a perfect criterion would pick)."""
+    pairs = runs[runs["screen_seed"] == 0]
+    rows = []
+    for (screen, method), group in pairs.groupby(["screen", "method"]):
+        fits = {r["fit_seed"]: r for _, r in group.iterrows()}
+        if 0 not in fits or 1 not in fits or not all(np.isfinite(fits[k].get("elbo", np.nan)) for k in (0, 1)):
+            continue
+        chosen = max(fits.values(), key=lambda r: r["elbo"])
+        best = max(fits.values(), key=lambda r: r["mcc"] + r["target_f1"])
+        rows.append({"screen": screen, "method": method, "mcc_seed0": fits[0]["mcc"], "f1_seed0": fits[0]["target_f1"],
+                     "mcc_chosen": chosen["mcc"], "f1_chosen": chosen["target_f1"], "mcc_best": best["mcc"],
+                     "f1_best": best["target_f1"], "elbo_gap": abs(fits[0]["elbo"] - fits[1]["elbo"]),
+                     "picked_best": chosen["fit_seed"] == best["fit_seed"]})
+    return pd.DataFrame(rows)
+
+
+def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
+    choice = restart_choice(runs)
+    if choice.empty:
+        return []
+    lines = ["## Two restarts chosen by the ELBO (seed-0 screens)", "",
+             "Fit seeds 0 and 1 of each seed-0 screen; `chosen`: the one with the higher ELBO on all cells "
+             "(`SVAE.elbo`), `best`: the better by MCC + F1. Share: screens meeting both bars (MCC and F1 >= 0.9).", "",
+             "| part | method | screens | median MCC seed 0 / chosen / best | median F1 seed 0 / chosen / best | "
+             "share seed 0 / chosen / best | ELBO picked the better |", "|---|---|---|---|---|---|---|"]
+    for part, mask in (("development", ~choice["screen"].isin(held_out)), ("held out", choice["screen"].isin(held_out))):
+        for method, table in choice[mask].groupby("method"):
+            share = [((table[f"mcc_{k}"] >= 0.9) & (table[f"f1_{k}"] >= 0.9)).mean() for k in ("seed0", "chosen", "best")]
+            lines.append(f"| {part} | {method} | {len(table)} | "
+                         + " / ".join(f"{table[f'mcc_{k}'].median():.3f}" for k in ("seed0", "chosen", "best")) + " | "
+                         + " / ".join(f"{table[f'f1_{k}'].median():.3f}" for k in ("seed0", "chosen", "best")) + " | "
+                         + " / ".join(f"{v:.2f}" for v in share) + f" | {int(table['picked_best'].sum())} of {len(table)} |")
+    return lines + [""]
 
 
 def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
@@ -235,8 +289,9 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     summary = summarise(runs)
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
     per_screen = grid.groupby(["screen", "method"])[["mcc", "target_f1", "fdp_0.1", "recall_0.1", "seconds"]].mean()
-    agreement = seed_agreement(runs).set_index(["screen", "method"])["jaccard"]
+    agreement = seed_agreement(runs).set_index(["screen", "method"])
     per_screen = per_screen.join(agreement, how="left").unstack("method")
+    per_screen = per_screen.drop(columns=[c for c in per_screen.columns if per_screen[c].isna().all()])
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
     held_out = set(grid_screens("held_out"))
@@ -245,8 +300,9 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
              "with the same seed, `n_latent` the true number,",
              "every other `fit` setting at its default; one CPU thread per fit, two fits at a time. MCC: mean |correlation| of matched",
              "latents; F1 of targets at PIP > 0.5; FDP / recall: realised false discovery proportion and recall of",
-             "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5) of fit seeds 0 and 1 on the seed-0",
-             f"screen. Goals: {GOALS}.", ""]
+             "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5; `jaccard_fdr`: of `target_calls(fdr=0.1)`)",
+             "of fit seeds 0 and 1 on the seed-0 screen; `rerotated`: screens where `fit` rotated a converged fit again.",
+             f"Goals: {GOALS}.", ""]
     if agreement.empty:
         lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",
                   "measured on this page.", ""]
@@ -256,6 +312,7 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
             continue
         part_runs = runs[runs["screen"].isin(screens)]
         lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
+    lines += _restart_lines(runs, held_out)
     lines += ["## Per screen (mean over the screen seeds)", "", markdown(per_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
     has_calls = grid.groupby(["screen", "method"])["calls_0.1"].max().unstack("method") > 0

@@ -124,24 +124,28 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
 
 
 def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5,
-                      seed: int = 0):
+                      min_shift: float = 0.5, seed: int = 0):
     """The sparsest rotation of a fitted model's empirical shifts, and how far it moves the axes.
 
     The shift of a perturbation is estimated by the mean posterior latent of its cells that carry
     it alone (``codes`` ``[N, M]`` padded with ``n_perturbations``; perturbations with fewer than
     ``min_cells`` such cells are left out): under ``z ~ Normal(delta, I)`` it is ``delta``, whatever
-    the prior. With fewer than twice as many such perturbations as latents the sparsest rotation
-    is not determined: the identity is returned. Returns ``(R, closeness)`` with ``closeness`` the smallest over the new axes of
-    ``max |R[:, j]|`` (1 when ``R`` is a signed permutation): a sparse fit stuck with two latents
-    mixed has a sparser rotation (closeness well below 1); one at its optimum does not.
+    the prior. Only shifts that move some latent by ``min_shift`` prior SDs or more pin the axes
+    (a perturbation without a phenotype has a mean latent of sampling noise, which any rotation
+    fits as well): with fewer than twice as many of them as latents the sparsest rotation is not
+    determined, and the identity is returned. Returns ``(R, closeness)`` with ``closeness`` the
+    smallest over the new axes of ``max |R[:, j]|`` (1 when ``R`` is a signed permutation): a
+    sparse fit stuck with two latents mixed has a sparser rotation (closeness well below 1); one at
+    its optimum does not.
     """
     codes = np.asarray(codes)
     single = (codes != n_perturbations).sum(1) == 1
     label = np.where(single, codes.min(1), -1)
-    rows = [latent[label == p].mean(0) for p in range(n_perturbations) if (label == p).sum() >= min_cells]
-    if len(rows) < 2 * latent.shape[1]:
+    rows = np.array([latent[label == p].mean(0) for p in range(n_perturbations)
+                     if (label == p).sum() >= min_cells]).reshape(-1, latent.shape[1])  # [P', K]
+    if (np.abs(rows).max(1, initial=0.0) >= min_shift).sum() < 2 * latent.shape[1]:
         return np.eye(latent.shape[1]), 1.0
-    rotation = sparsest_rotation(np.stack(rows), seed=seed)
+    rotation = sparsest_rotation(rows, seed=seed)
     return rotation, float(np.abs(rotation).max(0).min())
 
 

@@ -82,6 +82,14 @@ def test_residual_rotation_tells_mixed_latents_from_aligned_ones():
     # too few perturbations for the rotation to be determined: left alone
     few, few_codes = _latents_with_shifts(sparse[:7])
     assert warm_start.residual_rotation(few @ mix, few_codes, 7) == (pytest.approx(np.eye(4)), 1.0)
+    # nor by perturbations without a phenotype: 7 shifted and 30 at noise level (|mean| ~ 0.1) pin nothing ...
+    quiet = np.concatenate([sparse[:7], 0.1 * rng.normal(size=(30, 4))])
+    quiet_latent, quiet_codes = _latents_with_shifts(quiet)
+    assert warm_start.residual_rotation(quiet_latent @ mix, quiet_codes, 37) == (pytest.approx(np.eye(4)), 1.0)
+    # ... while the same 30 beside 8 shifted ones (2K) leave the mixed axes found
+    mixed = np.concatenate([sparse[:8], quiet[7:]])
+    mixed_latent, mixed_codes = _latents_with_shifts(mixed)
+    assert warm_start.residual_rotation(mixed_latent @ mix, mixed_codes, 38)[1] < warm_start.REROTATE_BELOW
 
 
 def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, caplog):
