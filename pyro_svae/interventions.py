@@ -10,6 +10,7 @@ Every function here runs inside the model's param scope (``SVAE`` enters it).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence, Union
 
 import anndata
@@ -19,7 +20,7 @@ import torch
 
 from .data import encode_perturbations
 from .factory import Components
-from .likelihoods import count_distribution, dispersion_param
+from .likelihoods import count_distribution, dispersion_param, sample_counts
 from .model import cell_shifts
 from .posterior import MAX_DRAW_ELEMENTS, draw_globals
 
@@ -80,9 +81,39 @@ def predict(components: Components, perturbations: Union[str, Sequence[str]], n_
     return result
 
 
+#: Cells whose counts are drawn with one generator of their own (see :func:`_decode_in_blocks`).
+SAMPLING_BLOCK = 2048
+
+
 def _decode(components: Components, z: torch.Tensor, batch: Optional[torch.Tensor], library: torch.Tensor):
     dispersion = dispersion_param(components.likelihood, components.nets.n_genes)
     return count_distribution(components.nets.decoder, components.likelihood, z, batch, library, dispersion).sample()
+
+
+def _decode_in_blocks(components: Components, z: torch.Tensor, batch: Optional[torch.Tensor], library: torch.Tensor):
+    """Counts ``[c, G]`` of cells ``z`` ``[c, K]``, decoded and drawn in blocks of :data:`SAMPLING_BLOCK`
+    cells on torch's intra-op threads at once (the count samplers run on one thread each).
+
+    Each block draws from a generator seeded from torch's global one, in block order: the counts
+    depend on the seed and on ``SAMPLING_BLOCK``, not on the number of threads. A likelihood
+    :func:`~pyro_svae.likelihoods.sample_counts` does not know is drawn as one block by ``.sample()``.
+    """
+    dispersion = dispersion_param(components.likelihood, components.nets.n_genes)  # read here: no Pyro in threads
+    starts = range(0, len(z), SAMPLING_BLOCK)
+    seeds = torch.randint(0, 2**62, (len(starts),)).tolist()
+
+    def block(start: int, seed: int):
+        rows = slice(start, start + SAMPLING_BLOCK)
+        counts = count_distribution(components.nets.decoder, components.likelihood, z[rows],
+                                    None if batch is None else batch[rows], library[rows], dispersion)
+        generator = torch.Generator(device=z.device).manual_seed(seed)
+        return sample_counts(counts, generator), counts
+
+    with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(starts)))) as pool:
+        blocks = list(pool.map(block, starts, seeds))
+    if any(values is None for values, _ in blocks):  # a distribution without a generator-driven sampler
+        return _decode(components, z, batch, library)
+    return torch.cat([values for values, _ in blocks])
 
 
 def draw_slots(codes: np.ndarray, n_perturbations: int):
@@ -145,7 +176,7 @@ def simulate_cells(components: Components, codes: np.ndarray, batch: Optional[np
                 z = shift + torch.randn_like(shift)
                 b = None if batch is None else torch.as_tensor(batch[cells], device=device)
                 lib = torch.as_tensor(library[cells], device=device)
-                counts[cells] = _decode(components, z, b, lib).cpu().numpy()
+                counts[cells] = _decode_in_blocks(components, z, b, lib).cpu().numpy()
                 latents[cells], shifts[cells] = z.cpu().numpy(), shift.cpu().numpy()
     return counts, latents, shifts
 

@@ -14,7 +14,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-__all__ = ["CountLikelihood", "LIKELIHOODS", "get_likelihood", "count_distribution", "dispersion_param"]
+__all__ = ["CountLikelihood", "LIKELIHOODS", "get_likelihood", "count_distribution", "dispersion_param",
+           "sample_counts"]
 
 #: Initial inverse dispersion of the negative binomials.
 INIT_DISPERSION = 5.0
@@ -82,3 +83,27 @@ def count_distribution(decoder, likelihood: CountLikelihood, z: torch.Tensor, ba
     gate_logits = None if gate_logits is None else gate_logits.reshape(shape + (-1,))
     log_mean = torch.log(library.clamp(min=1.0)).unsqueeze(-1) + log_proportions
     return likelihood.build(log_mean, dispersion, gate_logits)
+
+
+def sample_counts(counts: dist.Distribution, generator: torch.Generator) -> Optional[torch.Tensor]:
+    """A draw of ``counts`` (a distribution of :data:`LIKELIHOODS`) from ``generator`` instead of torch's
+    global generator, so that blocks of cells can be drawn on several threads at once and still
+    reproducibly; ``None`` for any other distribution (the caller draws it with ``.sample()``).
+
+    The same draws as the distributions' own ``sample``: a negative binomial is Poisson with a
+    Gamma(theta, theta / mu) rate; zero inflation sets a count to 0 with probability ``sigmoid(gate_logits)``.
+    """
+    with torch.no_grad():
+        if isinstance(counts, dist.ZeroInflatedDistribution):
+            base = sample_counts(counts.base_dist, generator)
+            if base is None:
+                return None
+            zero = torch.rand(base.shape, generator=generator, device=base.device, dtype=base.dtype) < counts.gate
+            return base.masked_fill(zero, 0.0)
+        if isinstance(counts, torch.distributions.NegativeBinomial):
+            concentration = counts.total_count.expand(counts.batch_shape)
+            rate = torch._standard_gamma(concentration, generator=generator) * counts.logits.exp()
+            return torch.poisson(rate.clamp(min=torch.finfo(rate.dtype).tiny), generator=generator)
+        if isinstance(counts, torch.distributions.Poisson):
+            return torch.poisson(counts.rate, generator=generator)
+    return None

@@ -207,6 +207,42 @@ def test_predicted_cells_of_one_label_are_independent_draws(fitted):
             assert len(np.unique(nonzero.round(6), axis=0)) == len(nonzero)
 
 
+def test_predicted_counts_do_not_depend_on_the_thread_count(fitted, monkeypatch):
+    from pyro_svae import interventions
+
+    model, _ = fitted
+    monkeypatch.setattr(interventions, "SAMPLING_BLOCK", 64)  # 3 x 50 cells: 3 blocks, drawn on 1 or 2 threads
+    threads = torch.get_num_threads()
+    try:
+        counts = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            counts[n] = model.predict(["p0", "p1", "p0+p1"], n_cells=50, seed=3).X
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(counts[1], counts[2])
+    assert not np.array_equal(counts[1][:64], counts[1][64:128])  # each block its own generator
+
+
+@pytest.mark.parametrize("name", ["nb", "zinb", "poisson"])
+def test_count_draws_from_a_generator_have_the_distributions_moments(name):
+    from pyro_svae.likelihoods import get_likelihood, sample_counts
+
+    n = 200_000
+    log_mean = torch.log(torch.tensor([0.2, 3.0, 40.0])).expand(n, 3)
+    counts = get_likelihood(name).build(log_mean, torch.tensor([0.5, 4.0, 20.0]), torch.full((n, 3), -1.0))
+    draws = sample_counts(counts, torch.Generator().manual_seed(0))
+    again = sample_counts(counts, torch.Generator().manual_seed(0))
+    assert draws.shape == (n, 3) and torch.equal(draws, again) and (draws == draws.round()).all()
+    reference = counts.sample()
+    for statistic in (lambda x: x.var(0), lambda x: (x == 0).double().mean(0)):  # beside the distribution's own
+        got, own = statistic(draws.double()), statistic(reference.double())
+        assert torch.allclose(got, own, rtol=0.05, atol=0.01), (got, own)
+    assert torch.allclose(draws.double().mean(0), counts.mean[0].double(), rtol=0.03)
+    assert torch.allclose(draws.double().var(0), counts.variance[0].double(), rtol=0.06)
+    assert sample_counts(dist.Normal(0.0, 1.0), torch.Generator()) is None
+
+
 def test_predict_rejects_unknown_labels_and_batches(fitted):
     model, _ = fitted
     with pytest.raises(ValueError, match="'nope' is not one of the known perturbations"):
