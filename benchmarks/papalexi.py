@@ -140,6 +140,14 @@ def main(argv=None):
     report(table, fitted, transfer, selection, args)
 
 
+def _stages(history) -> str:
+    """Epochs per stage of a fit's history, e.g. ``dense 74, sparse 125`` (``re-rotated``: a second sparse stage)."""
+    if "stage" not in history:
+        return f"sparse {len(history)}"
+    counts = history["stage"].value_counts(sort=False)
+    return ", ".join(f"{stage} {n}" for stage, n in counts.items())
+
+
 def report(table, fitted, transfer, selection, args):
     calls = fitted["calls"]
     called = calls.groupby("perturbation")["latent"].apply(lambda s: sorted(int(k) for k in s))
@@ -152,7 +160,7 @@ def report(table, fitted, transfer, selection, args):
     scores, pvalues = fitted["enrichment"]
     lines = ["# The Papalexi 2021 screen", "", f"`python benchmarks/papalexi.py` — `n_latent={args.n_latent}`, the "
              "replicate as batch, every other `fit` setting at its default; one CPU thread per fit "
-             f"({fitted['seconds']:.0f} s for the whole screen).", "",
+             f"({fitted['seconds']:.0f} s for the whole screen; epochs per stage: {_stages(fitted['history'])}).", "",
              "## Target calls against the phenotypes", "",
              f"Knockouts with a phenotype ({MIN_DE_GENES}+ genes changed) called: {int(hits.sum())} of "
              f"{int(table['phenotype'].sum())}; knockouts without one called: {int(false_calls.sum())} of "

@@ -240,7 +240,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                      "median_recall_0.1": table["recall_0.1"].median(),
                      **{f"median_{k}": agreement.loc[method, k].median() if method in agreement.index.get_level_values(0)
                         and agreement.loc[method, k].notna().any() else np.nan for k in ("jaccard", "jaccard_fdr")},
-                     "rerotated": np.nan if rerotated is None else float(rerotated.loc[method].fillna(False).sum()),
+                     "rerotated": np.nan if rerotated is None else float(rerotated.loc[method].astype(float).fillna(0).sum()),
                      "mean_seconds": table["seconds"].mean()})
     return pd.DataFrame(rows).set_index("method")
 

@@ -22,6 +22,7 @@ from .likelihoods import get_likelihood
 from .persistence import read, restore
 from .posterior import draw_globals
 from .priors import prior_name
+from .restarts import best_of
 from .results import inclusion_table, latent_activity
 from .svae import SVAE
 from .runtime import resolve_device
@@ -94,6 +95,7 @@ def fit(
     checkpoint_every: Optional[int] = None,
     checkpoint_dir=None,
     resume_from=None,
+    n_restarts: int = 1,
 ) -> SVAE:
     """Fit a sparse mechanism shift VAE to a perturbation screen.
 
@@ -137,7 +139,9 @@ def fit(
         sparser in axes rotated more than 18 degrees from the model's (two latents left mixed,
         :func:`pyro_svae.warm_start.residual_rotation`), the latent space is rotated once more and
         the prior fitted again from there (``stage`` ``"re-rotated"`` in the history; a second fit's
-        time, on the few screens where it happens). ``None``: fit ``prior`` from the start.
+        time, on the few screens where it happens; only perturbations that move a latent by 0.5 SD
+        or more count, and at least ``2 * n_latent`` of them are needed). ``None``: fit ``prior``
+        from the start.
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
@@ -154,12 +158,18 @@ def fit(
     resume_from : path, optional
         A checkpoint directory: continue that fit (same data and settings; ``max_epochs`` may be
         larger) exactly as if it had not stopped.
+    n_restarts : int
+        Fit from seeds ``seed`` to ``seed + n_restarts - 1`` and keep the fit with the highest ELBO on
+        all cells (:mod:`pyro_svae.restarts`; ``model.restarts`` lists them): ``n_restarts`` times the
+        time of one fit.
 
     Returns
     -------
     SVAE
         The fitted model; ``model.history`` has the per-epoch ELBOs.
     """
+    if n_restarts != 1:  # each restart is this function with n_restarts=1 and its own seed
+        return best_of(fit, {k: v for k, v in locals().items() if k != "n_restarts"}, n_restarts)
     _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
     get_likelihood(likelihood)
     _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "to be an integer >= 1")

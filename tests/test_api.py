@@ -63,6 +63,23 @@ def test_same_seed_same_model():
     assert not np.array_equal(a.get_latent(), c.get_latent())
 
 
+def test_restarts_keep_the_fit_with_the_highest_elbo():
+    adata = make_screen()
+    model = pyro_svae.fit(adata, seed=3, n_restarts=2, **FAST)
+    table = model.restarts
+    assert list(table["seed"]) == [3, 4] and table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "elbo"].item() == table["elbo"].max()
+    chosen = int(table.loc[table["chosen"], "seed"].item())
+    alone = pyro_svae.fit(adata, seed=chosen, **FAST)  # the kept fit is that seed's fit, unchanged
+    assert np.array_equal(model.get_latent(), alone.get_latent())
+    assert table["elbo"].tolist() == pytest.approx([pyro_svae.fit(adata, seed=s, **FAST).elbo(adata, seed=3)
+                                                    for s in (3, 4)])
+    with pytest.raises(ValueError, match="Expected n_restarts to be an integer >= 1, but got 0"):
+        pyro_svae.fit(adata, n_restarts=0, **FAST)
+    with pytest.raises(ValueError, match="Expected n_restarts=1 with checkpoint_every"):
+        pyro_svae.fit(adata, n_restarts=2, checkpoint_every=1, checkpoint_dir="unused", **FAST)
+
+
 def test_models_keep_their_own_parameters():
     adata = make_screen()
     a = pyro_svae.fit(adata, seed=1, **FAST)
