@@ -329,7 +329,7 @@ def _plot(per_screen: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None
     import matplotlib.pyplot as plt
 
     metrics_shown = [("mcc", "latent MCC"), ("target_f1", "target F1"), ("fdp_0.1", "realised FDP at fdr 0.1\n(fits with calls)"),
-                     ("jaccard", "seed agreement (Jaccard)")]
+                     ("jaccard", "seed agreement (Jaccard)\nfilled: PIP > 0.5, hollow: FDR 0.1")]
     present = set(per_screen.columns.get_level_values(0))
     metrics_shown = [(m, t) for m, t in metrics_shown if m in present and per_screen[m].notna().any().any()]
     methods = list(per_screen["mcc"].columns)
@@ -343,13 +343,18 @@ def _plot(per_screen: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None
                 values = per_screen[(metric, method)]
                 if metric == "fdp_0.1":
                     values = values.where(has_calls[method].reindex(values.index, fill_value=False))
-                ax.scatter(values, y, s=14, label=method, marker="os^Dv<>"[i % 7])
+                ax.scatter(values, y, s=14, label=method, marker="os^Dv<>"[i % 7], color=f"C{i}")
+            if metric == "jaccard" and ("jaccard_fdr", method) in per_screen.columns:  # hollow: the FDR calls
+                ax.scatter(per_screen[("jaccard_fdr", method)], y, s=22, marker="os^Dv<>"[i % 7], facecolors="none",
+                           edgecolors=f"C{i}", label=f"{method}, target_calls(fdr=0.1)")
         if metric in ("mcc", "target_f1", "jaccard"):
             ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
         if metric == "fdp_0.1":
             ax.axvline(0.15, color="0.5", lw=0.8, ls="--")
         ax.set_title(title, fontsize=10)
         ax.set_xlim(-0.02, 1.02)
+        if metric == "jaccard":
+            ax.legend(fontsize=7, loc="lower left", title="calls", title_fontsize=7)
     axes[0].set_yticks(y, screens, fontsize=7)
     axes[0].invert_yaxis()
     axes[0].legend(fontsize=7, loc="lower left")
