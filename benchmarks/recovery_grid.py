@@ -260,6 +260,7 @@ def restart_choice(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"screen": screen, "method": method, "mcc_seed0": fits[0]["mcc"], "f1_seed0": fits[0]["target_f1"],
                      "mcc_chosen": chosen["mcc"], "f1_chosen": chosen["target_f1"], "mcc_best": best["mcc"],
                      "f1_best": best["target_f1"], "elbo_gap": abs(fits[0]["elbo"] - fits[1]["elbo"]),
+                     "score_gap": abs(fits[0]["mcc"] + fits[0]["target_f1"] - fits[1]["mcc"] - fits[1]["target_f1"]),
                      "picked_best": chosen["fit_seed"] == best["fit_seed"]})
     return pd.DataFrame(rows)
 
@@ -280,6 +281,9 @@ def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
                          + " / ".join(f"{table[f'mcc_{k}'].median():.3f}" for k in ("seed0", "chosen", "best")) + " | "
                          + " / ".join(f"{table[f'f1_{k}'].median():.3f}" for k in ("seed0", "chosen", "best")) + " | "
                          + " / ".join(f"{v:.2f}" for v in share) + f" | {int(table['picked_best'].sum())} of {len(table)} |")
+    clear = choice[choice["score_gap"] > 0.02]
+    lines += ["", f"Where the two fits differ by more than 0.02 in MCC + F1 ({len(clear)} screens of {len(choice)}), the "
+              f"higher ELBO picked the better fit on {int(clear['picked_best'].sum())}."]
     return lines + [""]
 
 
