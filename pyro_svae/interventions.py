@@ -95,8 +95,9 @@ def _decode_in_blocks(components: Components, z: torch.Tensor, batch: Optional[t
     cells on torch's intra-op threads at once (the count samplers run on one thread each).
 
     Each block draws from a generator seeded from torch's global one, in block order: the counts
-    depend on the seed and on ``SAMPLING_BLOCK``, not on the number of threads. A likelihood
-    :func:`~pyro_svae.likelihoods.sample_counts` does not know is drawn as one block by ``.sample()``.
+    depend on the seed and on ``SAMPLING_BLOCK``, not on the number of threads. The blocks of a
+    likelihood :func:`~pyro_svae.likelihoods.sample_counts` does not know are drawn afterwards, in
+    block order, by their distribution's ``.sample()``.
     """
     dispersion = dispersion_param(components.likelihood, components.nets.n_genes)  # read here: no Pyro in threads
     starts = range(0, len(z), SAMPLING_BLOCK)
@@ -111,9 +112,8 @@ def _decode_in_blocks(components: Components, z: torch.Tensor, batch: Optional[t
 
     with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(starts)))) as pool:
         blocks = list(pool.map(block, starts, seeds))
-    if any(values is None for values, _ in blocks):  # a distribution without a generator-driven sampler
-        return _decode(components, z, batch, library)
-    return torch.cat([values for values, _ in blocks])
+    # a distribution without a generator-driven sampler: drawn here from the global generator, not decoded again
+    return torch.cat([counts.sample() if values is None else values for values, counts in blocks])
 
 
 def draw_slots(codes: np.ndarray, n_perturbations: int):
