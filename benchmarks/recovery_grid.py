@@ -185,6 +185,14 @@ def _read_runs(path: Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
+def _seed_pairs(runs: pd.DataFrame):
+    """``(screen, method, run of fit seed 0, run of fit seed 1)`` for each seed-0 screen fitted with both."""
+    for (screen, method), group in runs[runs["screen_seed"] == 0].groupby(["screen", "method"]):
+        fits = {r["fit_seed"]: r for _, r in group.iterrows()}
+        if 0 in fits and 1 in fits:
+            yield screen, method, fits[0], fits[1]
+
+
 def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
     """Per screen and method: Jaccard of the target calls of fit seeds 0 and 1 on the seed-0 screen,
     of the calls at PIP > 0.5 (``jaccard``) and of ``target_calls(fdr=0.1)`` (``jaccard_fdr``; NaN
@@ -198,13 +206,10 @@ def seed_agreement(runs: pd.DataFrame) -> pd.DataFrame:
         return jaccard(pad(a), pad(b))
 
     rows = []
-    for (screen, method), group in runs[runs["screen_seed"] == 0].groupby(["screen", "method"]):
-        fits = {r["fit_seed"]: r for _, r in group.iterrows()}
-        if 0 in fits and 1 in fits:
-            a, b = fits[0], fits[1]
-            recorded = all(isinstance(r.get("aligned_fdr_calls"), list) for r in (a, b))
-            rows.append({"screen": screen, "method": method, "jaccard": agreement(a["aligned_calls"], b["aligned_calls"]),
-                         "jaccard_fdr": agreement(a["aligned_fdr_calls"], b["aligned_fdr_calls"]) if recorded else np.nan})
+    for screen, method, a, b in _seed_pairs(runs):
+        recorded = all(isinstance(r.get("aligned_fdr_calls"), list) for r in (a, b))
+        rows.append({"screen": screen, "method": method, "jaccard": agreement(a["aligned_calls"], b["aligned_calls"]),
+                     "jaccard_fdr": agreement(a["aligned_fdr_calls"], b["aligned_fdr_calls"]) if recorded else np.nan})
     return pd.DataFrame(rows, columns=["screen", "method", "jaccard", "jaccard_fdr"])
 
 
@@ -249,11 +254,10 @@ def restart_choice(runs: pd.DataFrame) -> pd.DataFrame:
     """Two restarts chosen by the ELBO: per screen and method with fit seeds 0 and 1 on the seed-0 screen
     (and their ELBO on all cells recorded), the MCC and F1 of seed 0, of the fit with the higher ELBO,
     and of the better of the two by MCC + F1 (what a perfect criterion would pick)."""
-    pairs = runs[runs["screen_seed"] == 0]
     rows = []
-    for (screen, method), group in pairs.groupby(["screen", "method"]):
-        fits = {r["fit_seed"]: r for _, r in group.iterrows()}
-        if 0 not in fits or 1 not in fits or not all(np.isfinite(fits[k].get("elbo", np.nan)) for k in (0, 1)):
+    for screen, method, *pair in _seed_pairs(runs):
+        fits = dict(enumerate(pair))
+        if not all(np.isfinite(r.get("elbo", np.nan)) for r in pair):
             continue
         chosen = max(fits.values(), key=lambda r: r["elbo"])
         best = max(fits.values(), key=lambda r: r["mcc"] + r["target_f1"])
