@@ -89,6 +89,17 @@ class SVAEModule(_LightningModule):
         gathered = self.all_gather(checksum).reshape(-1, checksum.numel())
         self.rank_spread.fill_(float((gathered - gathered[0]).abs().max()))
 
+    def teardown(self, stage):
+        """Close this rank's process group when training is over, after every rank has reached this point.
+
+        A rank that exits with its gloo group still open can abort in C++ at interpreter exit (seen as
+        ``process 1 terminated with signal SIGABRT`` after a finished fit); closing it here, once no rank
+        needs it, lets every process exit cleanly. Lightning has run its last collective by now.
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def configure_optimizers(self):
         prior_names = {name for site in self.components.sites for name in site.params.values()}
         prior = [p for n, p in zip(self.names, self.globals) if n in prior_names]

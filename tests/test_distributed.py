@@ -31,6 +31,19 @@ def test_two_processes_agree_and_match_single_process_training():
     assert ddp.intervention_targets().shape == (len(ddp.perturbation_names), 3)
 
 
+def test_each_rank_closes_its_process_group_when_training_ends(tmp_path):
+    """A rank exiting with its gloo group open can abort at interpreter exit (SIGABRT after a finished fit)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        distributed.SVAEModule.teardown(None, "fit")  # the hook Lightning calls after its last collective
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_a_clear_error_without_lightning(monkeypatch):
     monkeypatch.setattr(distributed, "pl", None)
     with pytest.raises(ImportError, match=r"pyro_svae\[distributed\]"):
