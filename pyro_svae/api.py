@@ -293,7 +293,7 @@ def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVA
     document, tensors = read(path)
     device = resolve_device(device)
     components, params = restore(document, tensors, prior, device)
-    model = SVAE(components, params, history=pd.DataFrame(document["history"]),
+    model = SVAE(components, params, history=pd.DataFrame(document["history"]), restarts=document.get("restarts"),
                  train_config=TrainConfig(**document["train_config"]), device=device, adata=adata)
     if adata is not None:
         model._read(adata)  # the genes and labels are checked now, not at first use

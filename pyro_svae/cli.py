@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=_epochs, default="auto", metavar="N|auto",
                      help="epochs, or auto: about 14,000 steps, 50 to 1,000 epochs (default: auto)")
     fit.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="cells per step (default: 256)")
+    fit.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
+                     help="fit from seeds SEED to SEED+N-1, keep the highest ELBO; N times the time (default: 1)")
     fit.add_argument("--n-hidden", type=_positive_int, default=128, help=argparse.SUPPRESS)
     fit.add_argument("--n-layers", type=_positive_int, default=2, help=argparse.SUPPRESS)
     fit.add_argument("--out", metavar="DIR", help="output folder (default: INPUT-NAME_svae in the current folder)")
@@ -183,10 +185,8 @@ def _clear_outputs(out: Path, outputs) -> None:
     """Remove the outputs of an earlier run (only pyro-svae's own names) before writing new ones."""
     for name in outputs:
         path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _check_device(device: str) -> None:
@@ -211,7 +211,7 @@ def _fit(args) -> list:
         batch_key=args.batch_key, separator=args.separator or None, allow_non_integer=args.allow_non_integer,
         n_latent=args.n_latent, prior=args.prior, prior_options=dict(args.prior_option), likelihood=args.likelihood,
         n_hidden=args.n_hidden, n_layers=args.n_layers, batch_size=args.batch_size, max_epochs=args.max_epochs,
-        seed=args.seed, device=args.device, progress=not args.quiet)
+        seed=args.seed, n_restarts=args.restarts, device=args.device, progress=not args.quiet)
     _clear_outputs(out, FIT_OUTPUTS)
     model.save(out / "model")
     logger.info("Saved the model to %s; writing the results.", out / "model")

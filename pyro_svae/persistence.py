@@ -13,6 +13,7 @@ import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import torch
@@ -30,8 +31,9 @@ _FORMAT1_ROLES = {"logits": "logits", "map": "values", "loc": "locs", "scale": "
 
 
 def save(path, components: Components, params: dict, train_config: TrainConfig, history: pd.DataFrame,
-         overwrite: bool = False) -> None:
-    """Write a model to directory ``path`` (see :meth:`pyro_svae.SVAE.save`)."""
+         overwrite: bool = False, restarts: Optional[pd.DataFrame] = None) -> None:
+    """Write a model to directory ``path`` (see :meth:`pyro_svae.SVAE.save`), with the table of its
+    restarts when it has one."""
     from . import __version__
 
     path = Path(path)
@@ -49,6 +51,7 @@ def save(path, components: Components, params: dict, train_config: TrainConfig, 
         "batch_names": None if layout.batches is None else list(layout.batches),
         "cells_per_perturbation": list(layout.cells_per_perturbation),
         "history": history.to_dict(orient="list"), "params_sha256": digest,
+        "restarts": None if restarts is None else restarts.to_dict(orient="list"),
     }
     (path / "config.json").write_text(json.dumps(document, indent=1, default=str))
 

@@ -141,6 +141,10 @@ def _model_section(model, device) -> list:
              f"early stopping {'on, patience ' + str(t.patience) if t.early_stopping else 'off'}, seed {t.seed}, "
              f"device {device}",
              "", "## Training", "", "![training curve](training.png)", ""]
+    if model.restarts is not None:
+        elbos = ", ".join(f"{int(r.seed)}: {r.elbo:.3f}" for r in model.restarts.itertuples())
+        lines += [f"Kept the fit from seed {t.seed}, the highest ELBO per cell of {len(model.restarts)} restarts "
+                  f"(seed: ELBO; {elbos}).", ""]
     if len(history):
         last = history.iloc[-1]
         line = f"{len(history)} epochs run (of at most {t.max_epochs}); last train ELBO per cell {last['train_elbo']:.3f}"

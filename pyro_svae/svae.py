@@ -40,15 +40,19 @@ class SVAE:
         One row per epoch: ``epoch``, ``train_elbo``, ``validation_elbo`` (per-cell ELBO) and
         ``loss`` (the optimised objective per cell, with the warm-up weight).
     perturbation_names, gene_names, batch_names : tuple of str
+    restarts : pandas.DataFrame or None
+        With ``fit(n_restarts=N)``, N > 1: each restart's ``seed``, ``elbo``, ``epochs``,
+        ``seconds`` and ``chosen`` (:func:`pyro_svae.restarts.best_of`); saved with the model.
     adata : anndata.AnnData or None
         The AnnData the model was fitted on (a reference, never modified); the default data of
         the methods below.
     """
 
     def __init__(self, components: Components, params: dict, *, history: Optional[pd.DataFrame] = None,
-                 train_config: Optional[TrainConfig] = None, device="cpu", adata=None):
+                 train_config: Optional[TrainConfig] = None, device="cpu", adata=None, restarts=None):
         self.components, self.params = components, params
         self.history = pd.DataFrame() if history is None else history
+        self.restarts = None if restarts is None else pd.DataFrame(restarts)
         self.train_config = train_config or TrainConfig()
         self.device, self.adata = torch.device(device), adata
         self.transfer_history = self.target_trace = None
@@ -231,7 +235,8 @@ class SVAE:
         read back with ``torch.load(weights_only=True)``, which cannot run code; its SHA-256 is
         kept in ``config.json`` so a tampered or truncated file is refused). Read with
         :func:`pyro_svae.load`."""
-        persistence.save(path, self.components, self.params, self.train_config, self.history, overwrite)
+        persistence.save(path, self.components, self.params, self.train_config, self.history, overwrite,
+                         restarts=self.restarts)
 
     # ---- transfer, held-out likelihood and predictions -----------------------------------
     def transfer(self, adata_new, perturbation_key: Optional[str] = None, max_epochs="auto", batch_size: int = 256,

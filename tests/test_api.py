@@ -63,7 +63,7 @@ def test_same_seed_same_model():
     assert not np.array_equal(a.get_latent(), c.get_latent())
 
 
-def test_restarts_keep_the_fit_with_the_highest_elbo():
+def test_restarts_keep_the_fit_with_the_highest_elbo(tmp_path):
     adata = make_screen()
     model = pyro_svae.fit(adata, seed=3, n_restarts=2, **FAST)
     table = model.restarts
@@ -74,6 +74,9 @@ def test_restarts_keep_the_fit_with_the_highest_elbo():
     assert np.array_equal(model.get_latent(), alone.get_latent())
     assert table["elbo"].tolist() == pytest.approx([pyro_svae.fit(adata, seed=s, **FAST).elbo(adata, seed=3)
                                                     for s in (3, 4)])
+    model.save(tmp_path / "model")
+    pd.testing.assert_frame_equal(pyro_svae.load(tmp_path / "model").restarts, table)
+    assert pyro_svae.fit(adata, seed=3, **FAST).restarts is None  # one fit: no table
     with pytest.raises(ValueError, match="Expected n_restarts to be an integer >= 1, but got 0"):
         pyro_svae.fit(adata, n_restarts=0, **FAST)
     with pytest.raises(ValueError, match="Expected n_restarts=1 with checkpoint_every"):

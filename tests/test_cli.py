@@ -46,7 +46,7 @@ def fitted_run(screen_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "results"
     stdout, stderr = io.StringIO(), io.StringIO()  # capsys is per test; this fit is shared by the module
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(["fit", str(screen_file), *KEYS, *TINY, "--out", str(out)])
+        code = cli.main(["fit", str(screen_file), *KEYS, *TINY, "--restarts", "2", "--out", str(out)])
     assert code == 0, stderr.getvalue()
     return out, stdout.getvalue(), stderr.getvalue(), before
 
@@ -65,6 +65,9 @@ def test_fit_writes_every_output(fitted_run, screen_file):
     assert "X_svae" not in original.obsm and "svae" not in original.uns
     model = pyro_svae.load(out / "model", adata=original)
     assert model.config.n_latent == 3 and model.config.n_hidden == 16
+    # --restarts 2: seeds 0 and 1 fitted, the kept one's table saved with the model
+    assert list(model.restarts["seed"]) == [0, 1] and model.restarts["chosen"].sum() == 1
+    assert model.train_config.seed == int(model.restarts.loc[model.restarts["chosen"], "seed"].item())
 
 
 def test_report_names_figures_calls_and_filtering(fitted_run):
@@ -79,6 +82,7 @@ def test_report_names_figures_calls_and_filtering(fitted_run):
         assert "### Top genes of the targeted latents" in report and "| latent | targeted by |" in report
     assert "min_cells: 20" in report and "perturbations_dropped: 1: p9" in report
     assert "prior `spike_and_slab`" in report and "2 epochs run" in report
+    assert "the highest ELBO per cell of 2 restarts (seed: ELBO; 0: " in report
     assert "| gene_mean |" in report and "| perturbation_shift |" in report  # the PPC coverage table
 
 
@@ -93,6 +97,7 @@ def test_report_command_rebuilds_the_report_and_refuses_a_full_folder(fitted_run
     for name in ["report.md"] + TABLES + FIGURES:
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "targets.csv").read_text() == (out / "targets.csv").read_text()  # same seed, same calls
+    assert "of 2 restarts" in (tmp_path / "report.md").read_text()  # the restarts table came back with the model
     assert cli.main(args) == 1
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert cli.main(args + ["--overwrite"]) == 0
@@ -164,7 +169,7 @@ def test_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for option in ["--perturbation-key", "--control", "--no-control", "--batch-key", "--layer", "--n-latent",
                    "--prior", "--prior-option", "--likelihood", "--max-epochs", "--batch-size", "--seed", "--fdr",
-                   "--device", "--out", "--overwrite", "--quiet"]:
+                   "--device", "--out", "--overwrite", "--quiet", "--restarts"]:
         assert option in text, option
     assert "(default: 0.1)" in text and "(default: auto)" in text and "(default: spike_and_slab)" in text
 
