@@ -88,7 +88,8 @@ def count_distribution(decoder, likelihood: CountLikelihood, z: torch.Tensor, ba
 def sample_counts(counts: dist.Distribution, generator: torch.Generator) -> Optional[torch.Tensor]:
     """A draw of ``counts`` (a distribution of :data:`LIKELIHOODS`) from ``generator`` instead of torch's
     global generator, so that blocks of cells can be drawn on several threads at once and still
-    reproducibly; ``None`` for any other distribution (the caller draws it with ``.sample()``).
+    reproducibly: counts of ``counts.batch_shape`` (e.g. ``[n_cells, n_genes]``), or ``None`` for any
+    other distribution (the caller draws it with ``.sample()``).
 
     The same draws as the distributions' own ``sample``: a negative binomial is Poisson with a
     Gamma(theta, theta / mu) rate; zero inflation sets a count to 0 with probability ``sigmoid(gate_logits)``.

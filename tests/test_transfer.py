@@ -224,6 +224,27 @@ def test_predicted_counts_do_not_depend_on_the_thread_count(fitted, monkeypatch)
     assert not np.array_equal(counts[1][:64], counts[1][64:128])  # each block its own generator
 
 
+def test_blocks_without_a_generator_sampler_are_drawn_by_their_distribution(fitted, monkeypatch):
+    """A likelihood ``sample_counts`` does not know: each block's own ``.sample()``, in block order."""
+    from pyro_svae import interventions
+    from pyro_svae.likelihoods import count_distribution, dispersion_param
+
+    model, _ = fitted
+    monkeypatch.setattr(interventions, "SAMPLING_BLOCK", 64)
+    monkeypatch.setattr(interventions, "sample_counts", lambda counts, generator: None)
+    z, library = torch.randn(150, model.config.n_latent), torch.full((150,), 1000.0)
+    with model.scope(), torch.no_grad():
+        torch.manual_seed(0)
+        counts = interventions._decode_in_blocks(model.components, z, None, library)
+        torch.manual_seed(0)
+        torch.randint(0, 2**62, (3,))  # the blocks' seeds come first, as in _decode_in_blocks
+        dispersion = dispersion_param(model.components.likelihood, model.components.nets.n_genes)
+        expected = torch.cat([count_distribution(model.nets.decoder, model.components.likelihood, z[rows],
+                                                 None, library[rows], dispersion).sample()
+                              for rows in (slice(0, 64), slice(64, 128), slice(128, 150))])
+    assert counts.shape == (150, len(model.gene_names)) and torch.equal(counts, expected)
+
+
 @pytest.mark.parametrize("name", ["nb", "zinb", "poisson"])
 def test_count_draws_from_a_generator_have_the_distributions_moments(name):
     from pyro_svae.likelihoods import get_likelihood, sample_counts
