@@ -76,6 +76,7 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
     torch.set_num_threads(1)
     import pyro_svae
     from pyro_svae import evaluation
+    from pyro_svae.warm_start import was_rerotated
 
     adata = load(args.data)
     train, pools, test, part = split(adata, group, max(args.k), args.seed)
@@ -88,8 +89,7 @@ def run(prior: str, group: list, args) -> pd.DataFrame:
         message = " ".join(f"{type(error).__name__}: {error}".split())[:160]
         return pd.DataFrame({"prior": [prior], "group": [", ".join(group)], "error": [message]})
     fit_seconds = time.perf_counter() - start
-    # whether fit rotated a converged fit again (warm_start.residual_rotation): a second sparse stage
-    rerotated = bool("stage" in model.history and (model.history["stage"] == "re-rotated").any())
+    rerotated = was_rerotated(model.history)  # a second sparse stage after warm_start.residual_rotation
     tables = []
     for k in args.k:
         seen = part(np.concatenate([pool[:k] for pool in pools.values()]))

@@ -42,6 +42,7 @@ import pyro.distributions as dist
 from pyro import poutine
 
 from pyro_svae.priors import plates
+from pyro_svae.warm_start import was_rerotated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FDRS = (0.05, 0.1)
@@ -146,7 +147,7 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
            "mcc": metrics.mcc(latent, truth), **{f"target_{k}": v for k, v in scores.items()},
            "epochs": len(model.history), "seconds": seconds,
            # a second sparse stage (warm_start.residual_rotation), and the ELBO restarts would be chosen by
-           "rerotated": bool("stage" in model.history and (model.history["stage"] == "re-rotated").any()),
+           "rerotated": was_rerotated(model.history),
            "elbo": float(model.elbo(adata, seed=0))}
     for fdr in FDRS:
         calls = model.target_calls(fdr=fdr)

@@ -21,7 +21,7 @@ from .factory import build
 from .train import train
 
 __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "residual_rotation", "without_prior_params",
-           "remaining", "join_histories", "REROTATE_BELOW"]
+           "remaining", "join_histories", "was_rerotated", "REROTATE_BELOW"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
 #: (|cos| of the angle to its nearest axis, 0.95 = 18 degrees) marks two or more mixed latents.
@@ -172,3 +172,9 @@ def join_histories(histories):
             history["restored"] = False  # the model keeps the last stage's parameters
         frames.append(history)
     return pd.concat(frames, ignore_index=True)
+
+
+def was_rerotated(history) -> bool:
+    """Whether ``fit`` rotated a converged fit again (:func:`residual_rotation`): its history has a
+    ``re-rotated`` stage, a second sparse stage after the rotation."""
+    return bool("stage" in history and (history["stage"] == "re-rotated").any())

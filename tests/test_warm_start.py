@@ -2,6 +2,7 @@
 without changing what they compute."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -108,3 +109,11 @@ def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, capl
     assert model.restored_epoch >= model.history.loc[stages == "re-rotated", "epoch"].min()
     assert np.isfinite(model.get_latent()).all() and model.intervention_targets().shape == (8, 3)
     assert np.allclose(plain.get_latent(), pyro_svae.fit(adata, **{**FAST, "max_epochs": 10}).get_latent())
+
+
+def test_was_rerotated_reads_the_stages_of_a_history():
+    stages = [pd.DataFrame({"epoch": [0, 1], "stage": "dense"}), pd.DataFrame({"epoch": [2, 3]})]
+    assert not warm_start.was_rerotated(warm_start.join_histories(stages))  # dense, then sparse
+    again = pd.DataFrame({"epoch": [4], "stage": "re-rotated"})
+    assert warm_start.was_rerotated(warm_start.join_histories(stages + [again]))
+    assert not warm_start.was_rerotated(pd.DataFrame({"epoch": [0, 1]}))  # no warm start: no stage column
