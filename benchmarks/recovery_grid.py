@@ -15,7 +15,8 @@ Methods: ``spike_and_slab`` (``fit``'s defaults); ``none`` (a plain VAE) and ``g
 shifts, iVAE-like) as they are, from a random start (no warm start); ``sketch``, a plain-PyTorch
 recipe reported in the issue tracker (straight-through Bernoulli masks under a Bernoulli(0.12)
 prior, 30x weight on the mask KL, masks initialised on, 500 epochs, no warm start); ``ceiling``,
-``fit``'s defaults given the true targets (masks fixed to the truth, only the shifts learned); and
+``fit``'s defaults given the true targets (masks fixed to the truth, only the shifts learned, from a
+random start: a warm start would permute the latents away from the masks' order); and
 ``supervised``, the package's encoder trained by regression on the true latents: the MCC the counts
 allow at all, whatever the model. ``--variants FILE``
 adds methods from a Python file defining ``VARIANTS = {name: fit keyword arguments}``.
@@ -80,8 +81,9 @@ VARIANTS: dict = {}
 
 
 def _method_options(method: str, adata) -> dict:
-    if method == "ceiling":
-        return {"prior": true_targets_prior, "prior_options": {"targets": adata.uns["true_targets"].tolist()}}
+    if method == "ceiling":  # masks fixed in the true latents' order: no warm start to rotate or permute them
+        return {"prior": true_targets_prior, "prior_options": {"targets": adata.uns["true_targets"].tolist()},
+                "warm_start": None}
     options = {**BUILT_IN, **VARIANTS}[method]
     return options(adata) if callable(options) else dict(options)
 
