@@ -227,21 +227,24 @@ def test_predicted_counts_do_not_depend_on_the_thread_count(fitted, monkeypatch)
 def test_blocks_without_a_generator_sampler_are_drawn_by_their_distribution(fitted, monkeypatch):
     """A likelihood ``sample_counts`` does not know: each block's own ``.sample()``, in block order."""
     from pyro_svae import interventions
-    from pyro_svae.likelihoods import count_distribution, dispersion_param
 
     model, _ = fitted
+    built = []  # each block's distribution, in block order (one worker thread below)
     monkeypatch.setattr(interventions, "SAMPLING_BLOCK", 64)
-    monkeypatch.setattr(interventions, "sample_counts", lambda counts, generator: None)
+    monkeypatch.setattr(interventions, "sample_counts", lambda counts, generator: built.append(counts))
     z, library = torch.randn(150, model.config.n_latent), torch.full((150,), 1000.0)
-    with model.scope(), torch.no_grad():
-        torch.manual_seed(0)
-        counts = interventions._decode_in_blocks(model.components, z, None, library)
-        torch.manual_seed(0)
-        torch.randint(0, 2**62, (3,))  # the blocks' seeds come first, as in _decode_in_blocks
-        dispersion = dispersion_param(model.components.likelihood, model.components.nets.n_genes)
-        expected = torch.cat([count_distribution(model.nets.decoder, model.components.likelihood, z[rows],
-                                                 None, library[rows], dispersion).sample()
-                              for rows in (slice(0, 64), slice(64, 128), slice(128, 150))])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with model.scope(), torch.no_grad():
+            torch.manual_seed(0)
+            counts = interventions._decode_in_blocks(model.components, z, None, library)
+    finally:
+        torch.set_num_threads(threads)
+    assert [d.batch_shape[0] for d in built] == [64, 64, 22]
+    torch.manual_seed(0)
+    torch.randint(0, 2**62, (3,))  # the blocks' seeds come first, as in _decode_in_blocks
+    expected = torch.cat([d.sample() for d in built])  # the same distributions, not decoded again
     assert counts.shape == (150, len(model.gene_names)) and torch.equal(counts, expected)
 
 
