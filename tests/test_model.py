@@ -207,3 +207,34 @@ def test_spike_and_slab_with_thousands_of_cells_per_perturbation():
             batch = {"library": torch.full((B,), 100.0), "perturbations": torch.randint(0, P + 1, (B, 1)),
                      "batch": None, "counts": torch.poisson(torch.full((B, G), 3.0))}
             assert np.isfinite(TraceMeanField_ELBO().loss(model_fn, guide_fn, **batch))
+
+
+@pytest.mark.parametrize("sample_shape", [(), (3,)])
+def test_negative_binomial_has_the_values_and_gradients_of_pyros(sample_shape):
+    # lgamma(theta) is taken once per gene: the log-density and its gradients must stay exactly torch's
+    from pyro_svae.likelihoods import NegativeBinomial
+
+    torch.manual_seed(0)
+    theta = torch.rand(13) * 20 + 0.1
+    theta[0] = 0.0  # total_count 0 with a count 0: probability 1
+    logits = torch.randn(*sample_shape, 7, 13)
+    counts = torch.poisson(torch.rand(*sample_shape, 7, 13) * 3)
+    counts[..., 0] = 0.0
+    weights = torch.randn(*sample_shape, 7, 13)
+    results = []
+    for cls in (dist.NegativeBinomial, NegativeBinomial):
+        t, lg = theta.clone().requires_grad_(), logits.clone().requires_grad_()
+        log_prob = cls(total_count=t, logits=lg).log_prob(counts)
+        (log_prob.nan_to_num(posinf=0.0, neginf=0.0) * weights).sum().backward()
+        results.append((log_prob.detach(), t.grad, lg.grad))
+    (expected, expected_theta, expected_logits), (got, got_theta, got_logits) = results
+    assert torch.equal(got, expected) and got[..., 0].eq(0).all()
+    assert torch.equal(got_logits, expected_logits)
+    torch.testing.assert_close(got_theta[1:], expected_theta[1:], rtol=0, atol=0)
+    assert isinstance(NegativeBinomial(theta[1:], logits=logits[..., 1:]).expand((2,) + logits[..., 1:].shape),
+                      NegativeBinomial)
+    # ... taken on the [1, G] tensor the per-gene theta was broadcast from, not on [B, G]
+    from pyro_svae.likelihoods import _BroadcastLgamma
+
+    broadcast = _BroadcastLgamma.apply(theta[1:].expand(1000, 12))
+    assert broadcast.stride() == (0, 1) and torch.equal(broadcast[-1], torch.lgamma(theta[1:]))
