@@ -23,7 +23,7 @@ from .data import ScreenData, read_screen
 from .elbo import local_elbo
 from .factory import Components
 from .posterior import draw_globals
-from .runtime import DataOnDevice, param_scope
+from .runtime import DataOnDevice, param_scope, per_cell
 from .train import TrainConfig
 
 __all__ = ["SVAE"]
@@ -111,8 +111,8 @@ class SVAE:
         """Posterior mean of ``z`` for each cell: ``[n_cells, n_latent]``."""
         screen = self._read(adata)
         with torch.no_grad():
-            locs = [self.nets.encoder(b["counts"], b["batch"])[0].cpu() for _, b in self._minibatches(screen, batch_size)]
-        return torch.cat(locs).numpy()
+            return per_cell(self._minibatches(screen, batch_size), screen.n_cells,
+                            lambda b: self.nets.encoder(b["counts"], b["batch"])[0])
 
     def elbo(self, adata=None, by: Optional[str] = None, batch_size: int = 1024, seed: Optional[int] = None):
         """Per-cell ELBO ``E_q[log p(x | z)] - KL(q(z | x) || p(z | delta))``, averaged over cells.
@@ -124,8 +124,8 @@ class SVAE:
         screen = self._read(adata)
         functions = self.components.functions()
         with self._seeded(seed):
-            values = torch.cat([local_elbo(*functions, b).cpu() for _, b in self._minibatches(screen, batch_size)])
-        return results.by_group(values.numpy(), adata, by, "elbo")
+            values = per_cell(self._minibatches(screen, batch_size), screen.n_cells, lambda b: local_elbo(*functions, b))
+        return results.by_group(values, adata, by, "elbo")
 
     # ---- perturbations --------------------------------------------------------------------
     def global_draws(self, num_samples: int = 200, seed: Optional[int] = None):
@@ -264,9 +264,9 @@ class SVAE:
         screen = self._read(adata)
         with self._seeded(seed):
             draws = draw_globals(self.components, n_samples, self.device)
-            values = torch.cat([heldout.iwelbo(self.components, b, draws).cpu()
-                                for _, b in self._minibatches(screen, batch_size)])
-        return results.by_group(values.double().numpy(), adata, by, "marginal_log_likelihood")
+            values = per_cell(self._minibatches(screen, batch_size), screen.n_cells,
+                              lambda b: heldout.iwelbo(self.components, b, draws))
+        return results.by_group(values.astype(np.float64), adata, by, "marginal_log_likelihood")
 
     def predict(self, perturbations, n_cells: int = 100, batch: Optional[str] = None, library=None,
                 seed: Optional[int] = None):

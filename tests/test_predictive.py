@@ -264,3 +264,24 @@ def test_from_dict_adapter_uses_the_call_form_of_each_arviz_major(monkeypatch):
     inference_data.from_dict(groups, coords, dims)
     assert calls[0] == ((groups,), {"coords": coords, "dims": dims})  # 1.x: one dict of groups
     assert calls[1] == ((), {"posterior": groups["posterior"], "coords": coords, "dims": dims})  # 0.x: keywords
+
+
+
+def test_per_cell_quantities_are_the_same_in_any_minibatch_size(fitted):
+    # written batch by batch into one array: every cell in its place, with the values' dtype
+    import torch
+
+    from pyro_svae.runtime import per_cell
+
+    model, adata = fitted
+    whole = model.get_latent(adata, batch_size=adata.n_obs)
+    latent = model.get_latent(adata, batch_size=7)
+    assert latent.shape == (adata.n_obs, model.config.n_latent) and latent.dtype == np.float32
+    np.testing.assert_allclose(latent, whole, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        expected = model.nets.encoder(torch.as_tensor(np.asarray(adata.X[-3:], dtype=np.float32)))[0]
+    np.testing.assert_allclose(latent[-3:], expected.numpy(), rtol=1e-5, atol=1e-6)
+    batches = [(np.array([2, 0]), torch.tensor([[2.0, 20.0], [0.0, 0.0]], dtype=torch.float64)),
+               (np.array([1]), torch.tensor([[1.0, 10.0]], dtype=torch.float64))]
+    out = per_cell(iter(batches), 3, lambda values: values)
+    assert out.dtype == np.float64 and np.array_equal(out, [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]])
