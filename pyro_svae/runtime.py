@@ -96,4 +96,3 @@ def per_cell(minibatches, n_cells: int, function) -> np.ndarray:
             out = np.empty((n_cells,) + values.shape[1:], dtype=values.dtype)
         out[index] = values
     return out
-

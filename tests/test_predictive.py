@@ -266,7 +266,6 @@ def test_from_dict_adapter_uses_the_call_form_of_each_arviz_major(monkeypatch):
     assert calls[1] == ((), {"posterior": groups["posterior"], "coords": coords, "dims": dims})  # 0.x: keywords
 
 
-
 def test_per_cell_quantities_are_the_same_in_any_minibatch_size(fitted):
     # written batch by batch into one array: every cell in its place, with the values' dtype
     import torch
