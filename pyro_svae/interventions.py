@@ -94,7 +94,7 @@ def _decode_in_blocks(components: Components, z: torch.Tensor, batch: Optional[t
     """Counts ``[c, G]`` of cells ``z`` ``[c, K]``, decoded and drawn in blocks of :data:`SAMPLING_BLOCK`
     cells on torch's intra-op threads at once (the count samplers run on one thread each).
 
-    Each block draws from a generator seeded from torch's global one, in block order: the counts
+    Each block draws from a generator of its own, seeded from torch's global one in block order: the counts
     depend on the seed and on ``SAMPLING_BLOCK``, not on the number of threads. The blocks of a
     likelihood :func:`~pyro_svae.likelihoods.sample_counts` does not know are drawn afterwards, in
     block order, by their distribution's ``.sample()``.
@@ -107,8 +107,7 @@ def _decode_in_blocks(components: Components, z: torch.Tensor, batch: Optional[t
         rows = slice(start, start + SAMPLING_BLOCK)
         counts = count_distribution(components.nets.decoder, components.likelihood, z[rows],
                                     None if batch is None else batch[rows], library[rows], dispersion)
-        generator = torch.Generator(device=z.device).manual_seed(seed)
-        return sample_counts(counts, generator), counts
+        return sample_counts(counts, seed), counts
 
     with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), len(starts)))) as pool:
         blocks = list(pool.map(block, starts, seeds))

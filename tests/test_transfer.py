@@ -231,7 +231,7 @@ def test_blocks_without_a_generator_sampler_are_drawn_by_their_distribution(fitt
     model, _ = fitted
     built = []  # each block's distribution, in block order (one worker thread below)
     monkeypatch.setattr(interventions, "SAMPLING_BLOCK", 64)
-    monkeypatch.setattr(interventions, "sample_counts", lambda counts, generator: built.append(counts))
+    monkeypatch.setattr(interventions, "sample_counts", lambda counts, seed: built.append(counts))
     z, library = torch.randn(150, model.config.n_latent), torch.full((150,), 1000.0)
     threads = torch.get_num_threads()
     try:
@@ -248,23 +248,30 @@ def test_blocks_without_a_generator_sampler_are_drawn_by_their_distribution(fitt
     assert counts.shape == (150, len(model.gene_names)) and torch.equal(counts, expected)
 
 
+@pytest.mark.parametrize("sampler", ["numpy", "torch"])  # the CPU's and the other devices' draws
 @pytest.mark.parametrize("name", ["nb", "zinb", "poisson"])
-def test_count_draws_from_a_generator_have_the_distributions_moments(name):
-    from pyro_svae.likelihoods import get_likelihood, sample_counts
+def test_count_draws_from_a_generator_have_the_distributions_moments(name, sampler):
+    from pyro_svae import likelihoods
+
+    def draw(counts, seed):
+        if sampler == "numpy":
+            return likelihoods.sample_counts(counts, seed)  # on the CPU: NumPy's generator
+        return likelihoods._draw_torch(counts, torch.Generator().manual_seed(seed))
 
     n = 200_000
     log_mean = torch.log(torch.tensor([0.2, 3.0, 40.0])).expand(n, 3)
-    counts = get_likelihood(name).build(log_mean, torch.tensor([0.5, 4.0, 20.0]), torch.full((n, 3), -1.0))
-    draws = sample_counts(counts, torch.Generator().manual_seed(0))
-    again = sample_counts(counts, torch.Generator().manual_seed(0))
-    assert draws.shape == (n, 3) and torch.equal(draws, again) and (draws == draws.round()).all()
+    dispersion = torch.tensor([0.5, 4.0, 20.0], requires_grad=True)  # a parameter, as in the model
+    counts = likelihoods.get_likelihood(name).build(log_mean, dispersion, torch.full((n, 3), -1.0))
+    draws, again, other = draw(counts, 0), draw(counts, 0), draw(counts, 1)
+    assert draws.shape == (n, 3) and draws.dtype == torch.float32 and (draws == draws.round()).all()
+    assert torch.equal(draws, again) and not torch.equal(draws, other)
     reference = counts.sample()
     for statistic in (lambda x: x.var(0), lambda x: (x == 0).double().mean(0)):  # beside the distribution's own
         got, own = statistic(draws.double()), statistic(reference.double())
         assert torch.allclose(got, own, rtol=0.05, atol=0.01), (got, own)
     assert torch.allclose(draws.double().mean(0), counts.mean[0].double(), rtol=0.03)
     assert torch.allclose(draws.double().var(0), counts.variance[0].double(), rtol=0.06)
-    assert sample_counts(dist.Normal(0.0, 1.0), torch.Generator()) is None
+    assert likelihoods.sample_counts(dist.Normal(0.0, 1.0), 0) is None
 
 
 def test_predict_rejects_unknown_labels_and_batches(fitted):
