@@ -249,7 +249,7 @@ class SVAE:
             self.components, self.params, adata_new, self.train_config, self.device, perturbation_key,
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
         result = SVAE(components, params, history=self.history.copy(), train_config=self.train_config,
-                      device=self.device, adata=adata_new)
+                      device=self.device, adata=adata_new, restarts=self.restarts)
         result.transfer_history = history
         return result
 

@@ -76,6 +76,9 @@ def test_restarts_keep_the_fit_with_the_highest_elbo(tmp_path):
                                                     for s in (3, 4)])
     model.save(tmp_path / "model")
     pd.testing.assert_frame_equal(pyro_svae.load(tmp_path / "model").restarts, table)
+    unseen = adata[adata.obs["perturbation"] == "p0"].copy()
+    unseen.obs["perturbation"] = "unseen"
+    pd.testing.assert_frame_equal(model.transfer(unseen, max_epochs=1).restarts, table)  # the same fit, extended
     assert pyro_svae.fit(adata, seed=3, **FAST).restarts is None  # one fit: no table
     with pytest.raises(ValueError, match="Expected n_restarts to be an integer >= 1, but got 0"):
         pyro_svae.fit(adata, n_restarts=0, **FAST)
