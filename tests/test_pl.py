@@ -55,6 +55,10 @@ def test_targets_hides_latents_without_targets_and_overlays_the_truth():
     assert "1 without targets hidden" in ax.get_xlabel()
     dots = ax.collections[0].get_offsets()
     assert len(dots) == 2  # one mark per true target
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # the legend lies below the axis label, covering no cell of the heatmap
+    legend, label = ax.get_legend().get_window_extent(renderer), ax.xaxis.label.get_window_extent(renderer)
+    assert legend.y1 <= label.y0 + 1 and legend.y1 < ax.get_window_extent(renderer).y0
     plt.close(fig)
 
 

@@ -35,7 +35,22 @@ def _overlay(ax, table: pd.DataFrame, marks: Optional[pd.DataFrame], label: str,
     marks = marks.reindex(index=table.index, columns=table.columns, fill_value=False).astype(bool)
     rows, cols = np.nonzero(marks.to_numpy())
     ax.scatter(cols, rows, label=label, **{"s": 12, "c": "k", "marker": "o", **style})
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    _legend_below(ax)
+
+
+def _legend_below(ax) -> None:
+    """The legend under the x axis' ticks and label (inside the axes it would cover cells of the heatmap),
+    right-aligned, and anchored to the axes so that it follows them through ``tight_layout``."""
+    from matplotlib.transforms import offset_copy
+
+    depth = 28.0  # points from the axes to below the axis label, measured where the canvas can lay text out
+    get_renderer = getattr(ax.figure.canvas, "get_renderer", None)
+    if get_renderer is not None:
+        renderer = get_renderer()
+        depth = (ax.get_window_extent(renderer).y0 - ax.xaxis.get_tightbbox(renderer).y0) * 72.0 / ax.figure.dpi + 2.0
+    below = offset_copy(ax.transAxes, fig=ax.figure, y=-depth, units="points")
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.0), bbox_transform=below, borderaxespad=0.0, fontsize=7,
+              frameon=False)
 
 
 def _as_frame(marks, like: pd.DataFrame) -> Optional[pd.DataFrame]:
