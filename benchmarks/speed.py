@@ -599,8 +599,9 @@ def report(steps, fits, profile, predicted, scale, args, adata):
         body = re.sub(r"\S*/(pyro_svae/\S+\.py)", r"\1", body)  # the package's files relative to its checkout
         lines += [f"{name}:", "", "```", body.strip(), "```", ""]
     lines += ["## Prediction", "", "`predict` of 100,000 cells draws its counts in blocks of 2,048 cells on torch's threads at",
-              "once; `same, counts drawn on one thread`: the same call with each chunk's counts drawn by one",
-              "`.sample()` (the samplers of torch run on one thread), timed after it in the same process.", "",
+              "once, each block from a NumPy generator of its own; `same, counts drawn on one thread`: the same call",
+              "with each chunk's counts drawn by one `.sample()` of the distribution (torch's samplers, on one",
+              "thread), timed after it in the same process.", "",
               "```", _table(predicted), "```", "",
               "## Scaling: sparse screens, 2,000 genes, 5% non-zero, one epoch of `fit`", "",
               "`fit_above_before_gb`: the resident memory `fit` added to the process holding the screen.", "",
@@ -608,12 +609,19 @@ def report(steps, fits, profile, predicted, scale, args, adata):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "speed.md").write_text("\n".join(lines))
 
+    figure(fits, scale, RESULTS / "speed.png")
+    print(f"Wrote {RESULTS / 'speed.md'} and .png")
+
+
+def figure(fits, scale, path) -> None:
+    """The whole-fit and added-epoch ratios (now and before) beside the goal, and cells per second by size."""
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
     fit_table = pd.DataFrame(fits)
     labels = [f"{r['screen']}\n{r['threads']} thr" for _, r in fit_table.iterrows()]
     x = np.arange(len(fit_table))
@@ -626,15 +634,16 @@ def report(steps, fits, profile, predicted, scale, args, adata):
     axes[0].axhline(1.15, color="k", ls="--", lw=0.8, label="goal 1.15")
     axes[0].set_xticks(x, labels, fontsize=7)
     axes[0].set_ylabel("fit time / plain-PyTorch floor")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # below
     scale = pd.DataFrame(scale)
     axes[1].plot(scale["n_cells"], scale["cells_per_second"], "o-")
     axes[1].set_xscale("log")
+    axes[1].set_ylim(0, 1.1 * scale["cells_per_second"].max())  # from zero: a flat line is flat
     axes[1].set_xlabel("cells (sparse, 2,000 genes)")
     axes[1].set_ylabel("training cells per second")
     fig.tight_layout()
-    fig.savefig(RESULTS / "speed.png", dpi=120)
-    print(f"Wrote {RESULTS / 'speed.md'} and .png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
