@@ -306,8 +306,11 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
     held_out = set(grid_screens("held_out"))
-    lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}`", "",
-             f"Each screen simulated with seed(s) {', '.join(map(str, sorted(runs['screen_seed'].unique())))} and fitted "
+    seeds = grid.groupby("method")["screen_seed"].unique()
+    seeds = "; ".join(f"{method} {', '.join(map(str, sorted(values)))}" for method, values in seeds.items())
+    lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}` (the latest; every run in "
+             f"`{name}_runs.jsonl` is reported, whichever command added it)", "",
+             f"Each screen simulated with seed(s) per method: {seeds}; and fitted "
              "with the same seed, `n_latent` the true number,",
              "every other `fit` setting at its default; one CPU thread per fit, two fits at a time. MCC: mean |correlation| of matched",
              "latents; F1 of targets at PIP > 0.5; FDP / recall: realised false discovery proportion and recall of",
