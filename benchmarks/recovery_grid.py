@@ -306,8 +306,8 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
     held_out = set(grid_screens("held_out"))
-    seeds = grid.groupby("method")["screen_seed"].unique()
-    seeds = "; ".join(f"{method} {', '.join(map(str, sorted(values)))}" for method, values in seeds.items())
+    seeds = "; ".join(f"{method} {', '.join(map(str, sorted(values)))}"
+                      for method, values in grid.groupby("method")["screen_seed"].unique().items())
     lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}` (the latest; every run in "
              f"`{name}_runs.jsonl` is reported, whichever command added it)", "",
              f"Each screen simulated with seed(s) per method: {seeds}; and fitted "
