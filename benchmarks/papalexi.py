@@ -151,7 +151,9 @@ def _stages(history) -> str:
 def report(table, fitted, transfer, selection, args):
     calls = fitted["calls"]
     called = calls.groupby("perturbation")["latent"].apply(lambda s: sorted(int(k) for k in s))
+    pips = calls.sort_values("latent").groupby("perturbation")["pip"].apply(lambda s: [round(float(v), 3) for v in s])
     table["latents called (FDR 0.1)"] = [called.get(p, []) for p in table.index]
+    table["their PIPs"] = [pips.get(p, []) for p in table.index]
     table["called"] = table["latents called (FDR 0.1)"].map(len) > 0
     hits = table["phenotype"] & table["called"]
     false_calls = ~table["phenotype"] & table["called"]
@@ -165,7 +167,10 @@ def report(table, fitted, transfer, selection, args):
              f"Knockouts with a phenotype ({MIN_DE_GENES}+ genes changed) called: {int(hits.sum())} of "
              f"{int(table['phenotype'].sum())}; knockouts without one called: {int(false_calls.sum())} of "
              f"{int((~table['phenotype']).sum())}. IFN-gamma receptor pathway ({', '.join(IFN_GAMMA)}) shares "
-             f"latent(s): {sorted(shared) if shared else 'none'}.", "",
+             f"latent(s): {sorted(shared) if shared else 'none'}. `target_calls(fdr=0.1)` takes entries by "
+             "decreasing PIP while their mean 1 - PIP stays at most 0.1, so once a few entries are near-certain it "
+             f"admits one of low PIP: the smallest PIP called here is {calls.attrs['threshold']:.3f} (expected FDP "
+             f"{calls.attrs['expected_fdp']:.3f}).", "",
              markdown(table.sort_values("n_de_genes", ascending=False)), ""]
     if shared:
         from pyro_svae.interpretation import top_genes

@@ -172,7 +172,7 @@ def test_builtin_prior_with_bound_options_round_trips(tmp_path):
     adata = make_screen()
     model = pyro_svae.fit(adata, prior=functools.partial(spike_and_slab, collapsed=False), **FAST)
     # min_shift="auto" is recorded as the number it was resolved to
-    assert model.config.prior == "spike_and_slab" and model.config.prior_options == {"collapsed": False, "min_shift": 0.5}
+    assert model.config.prior == "spike_and_slab" and model.config.prior_options == {"collapsed": False, "min_shift": 0.25}
     model.save(tmp_path / "m")
     loaded = pyro_svae.load(tmp_path / "m", adata=adata)
     assert np.allclose(loaded.get_latent(), model.get_latent())

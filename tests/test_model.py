@@ -15,7 +15,7 @@ from pyro_svae.distributions import InclusionProbability, StraightThroughBernoul
 from pyro_svae.factory import Layout, SVAEConfig, build
 from pyro_svae.model import cell_shifts, model
 from pyro_svae.nets import Networks
-from pyro_svae.priors import PRIORS, plates, resolve_prior
+from pyro_svae.priors import AUTO_FRACTION, MIN_SHIFT, PRIORS, plates, resolve_min_shift, resolve_prior
 from pyro_svae.sites import describe_prior
 
 P, K, G, B = 4, 3, 30, 16
@@ -191,6 +191,18 @@ def test_collapsed_mask_is_the_exact_expectation_of_the_sampled_mask():
         weight = torch.where(mask.bool(), pi, 1 - pi).prod()
         expected = expected + weight * z_score(beta_sampled, {"pi": pi, "shift": shift, "mask": mask})
     assert collapsed.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_min_shift_auto_is_a_quarter_of_the_typical_shift_with_a_floor():
+    assert (MIN_SHIFT, AUTO_FRACTION) == (0.25, 0.25)
+    assert resolve_min_shift("auto") == 0.25  # outside fit: no typical shift known
+    assert resolve_min_shift("auto", 0.2) == 0.25  # a real screen, most perturbations without effect
+    assert resolve_min_shift("auto", 1.5) == pytest.approx(0.375)
+    assert resolve_min_shift("auto", 4.0) == 1.0
+    assert resolve_min_shift(0.1, 4.0) == 0.1  # a number is kept as given
+    for bad in (-1.0, "large", None):
+        with pytest.raises(ValueError, match="min_shift"):
+            resolve_min_shift(bad)
 
 
 def test_spike_and_slab_with_thousands_of_cells_per_perturbation():

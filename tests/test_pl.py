@@ -79,6 +79,12 @@ def test_signed_targets_and_shift_heatmap_use_the_sign(fitted):
     assert np.array_equal(np.asarray(ax.get_images()[0].get_array()), table[[0, 1]].to_numpy())  # latent 2 hidden
     assert len(ax.collections[0].get_offsets()) == 2  # the called targets are dotted
     plt.close("all")
+    # a called target whose shift is under the threshold keeps its latent on the plot, with its dot
+    weak = pd.DataFrame([[2.0, 0.0, 0.3], [0.0, -1.5, 0.0]], index=["a", "b"], columns=[0, 1, 2])
+    ax = pl.shifts(weak, inclusion=weak.abs() > 0.2)
+    assert ax.get_images()[0].get_array().shape == (2, 3)
+    assert len(ax.collections[0].get_offsets()) == 3
+    plt.close("all")
 
 
 def test_gene_programs_plot_shows_each_latents_top_genes():

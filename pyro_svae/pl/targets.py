@@ -99,19 +99,24 @@ def shifts(model_or_table, ax=None, inclusion: Optional[pd.DataFrame] = None, th
     """Signed heatmap of the mean effective shifts ``E[delta]``, perturbations x latents.
 
     Colours are symmetric around 0 (red up, blue down, in units of the latent's SD); latents where
-    no shift exceeds ``threshold`` in size are hidden and perturbations clustered. Called targets
-    (inclusion probability > 0.5; read from the model or given as ``inclusion``) get a dot.
-    Returns the ``Axes``.
+    no shift exceeds ``threshold`` in size and no target is called are hidden, and perturbations
+    clustered. Called targets (inclusion probability > 0.5; read from the model or given as
+    ``inclusion``, e.g. 0/1 for the calls of ``target_calls(fdr)``) get a dot, however small their
+    shift. Returns the ``Axes``.
     """
     model = None if isinstance(model_or_table, pd.DataFrame) else model_or_table
     table = model.shifts() if model is not None else model_or_table
     if inclusion is None and model is not None:
         inclusion = model.intervention_targets()
-    keep = (active_latents(table, threshold) if hide_inactive else list(table.columns)) or list(table.columns[:1])
+    called = None if inclusion is None else (inclusion.reindex(index=table.index, columns=table.columns) > 0.5)
+    keep = active_latents(table, threshold) if hide_inactive else list(table.columns)
+    if called is not None and hide_inactive:  # a target of a shift under the threshold is still shown
+        keep = [c for c in table.columns if c in keep or called[c].any()]
+    keep = keep or list(table.columns[:1])
     shown = _prepare(table, keep, cluster)
     limit = float(np.nanmax(np.abs(shown.to_numpy()))) or 1.0
     ax = axes_or_new(ax, figsize=(0.45 * len(keep) + 3.0, 0.18 * len(shown) + 1.6))
     _heatmap(ax, shown, len(table.columns) - len(keep), cmap, -limit, limit, "mean shift (SD of the latent)")
     if inclusion is not None:
-        _overlay(ax, shown, inclusion > 0.5, "target (PIP > 0.5)", s=6)
+        _overlay(ax, shown, called, "target (PIP > 0.5)", s=6)
     return ax
