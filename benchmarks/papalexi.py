@@ -150,8 +150,9 @@ def _stages(history) -> str:
 
 def report(table, fitted, transfer, selection, args):
     calls = fitted["calls"]
-    called = calls.groupby("perturbation")["latent"].apply(lambda s: sorted(int(k) for k in s))
-    pips = calls.sort_values("latent").groupby("perturbation")["pip"].apply(lambda s: [round(float(v), 3) for v in s])
+    by_knockout = calls.sort_values("latent").groupby("perturbation")  # each knockout's calls in latent order
+    called = by_knockout["latent"].apply(lambda s: [int(k) for k in s])
+    pips = by_knockout["pip"].apply(lambda s: [round(float(v), 3) for v in s])
     table["latents called (FDR 0.1)"] = [called.get(p, []) for p in table.index]
     table["their PIPs"] = [pips.get(p, []) for p in table.index]
     table["called"] = table["latents called (FDR 0.1)"].map(len) > 0

@@ -53,6 +53,16 @@ def _legend_below(ax) -> None:
               frameon=False)
 
 
+def _shown_latents(table: pd.DataFrame, threshold: float, hide_inactive: bool,
+                   marks: Optional[pd.DataFrame] = None) -> list:
+    """The latents to draw: all, or (``hide_inactive``) those with an entry above ``threshold`` in
+    size or a marked entry (a true or called target); at least one."""
+    keep = active_latents(table, threshold) if hide_inactive else list(table.columns)
+    if marks is not None and hide_inactive:
+        keep = [c for c in table.columns if c in keep or marks[c].any()]
+    return keep or list(table.columns[:1])
+
+
 def _as_frame(marks, like: pd.DataFrame) -> Optional[pd.DataFrame]:
     if marks is None or isinstance(marks, pd.DataFrame):
         return marks
@@ -75,10 +85,7 @@ def targets(model_or_table, ax=None, cluster: bool = True, cmap: str = "Blues", 
     """
     table = model_or_table if isinstance(model_or_table, pd.DataFrame) else model_or_table.intervention_targets()
     truth = _as_frame(truth, table)
-    keep = active_latents(table, threshold) if hide_inactive else list(table.columns)
-    if truth is not None and hide_inactive:
-        keep = [c for c in table.columns if c in keep or truth[c].any()]
-    keep = keep or list(table.columns[:1])
+    keep = _shown_latents(table, threshold, hide_inactive, truth)
     values = table
     if signed:
         if isinstance(model_or_table, pd.DataFrame):
@@ -109,10 +116,7 @@ def shifts(model_or_table, ax=None, inclusion: Optional[pd.DataFrame] = None, th
     if inclusion is None and model is not None:
         inclusion = model.intervention_targets()
     called = None if inclusion is None else (inclusion.reindex(index=table.index, columns=table.columns) > 0.5)
-    keep = active_latents(table, threshold) if hide_inactive else list(table.columns)
-    if called is not None and hide_inactive:  # a target of a shift under the threshold is still shown
-        keep = [c for c in table.columns if c in keep or called[c].any()]
-    keep = keep or list(table.columns[:1])
+    keep = _shown_latents(table, threshold, hide_inactive, called)  # a target of a small shift is still shown
     shown = _prepare(table, keep, cluster)
     limit = float(np.nanmax(np.abs(shown.to_numpy()))) or 1.0
     ax = axes_or_new(ax, figsize=(0.45 * len(keep) + 3.0, 0.18 * len(shown) + 1.6))
