@@ -168,10 +168,10 @@ def report(table, fitted, transfer, selection, args):
              f"Knockouts with a phenotype ({MIN_DE_GENES}+ genes changed) called: {int(hits.sum())} of "
              f"{int(table['phenotype'].sum())}; knockouts without one called: {int(false_calls.sum())} of "
              f"{int((~table['phenotype']).sum())}. IFN-gamma receptor pathway ({', '.join(IFN_GAMMA)}) shares "
-             f"latent(s): {sorted(shared) if shared else 'none'}. `target_calls(fdr=0.1)` takes entries by "
-             "decreasing PIP while their mean 1 - PIP stays at most 0.1, so once a few entries are near-certain it "
-             f"admits one of low PIP: the smallest PIP called here is {calls.attrs['threshold']:.3f} (expected FDP "
-             f"{calls.attrs['expected_fdp']:.3f}).", "",
+             f"latent(s): {sorted(shared) if shared else 'none'}. `target_calls(fdr=0.1)` takes the entries "
+             "with PIP > 0.5 by decreasing PIP while their mean 1 - PIP stays at most 0.1 (without the PIP > 0.5 "
+             "bound, `min_pip=0`, near-certain entries leave budget for entries of low PIP): the smallest PIP "
+             f"called here is {calls.attrs['threshold']:.3f} (expected FDP {calls.attrs['expected_fdp']:.3f}).", "",
              markdown(table.sort_values("n_de_genes", ascending=False)), ""]
     if shared:
         from pyro_svae.interpretation import top_genes
@@ -191,7 +191,8 @@ def report(table, fitted, transfer, selection, args):
         lines += ["Held-out IWELBO per cell, mean over the held-out knockouts:", "", markdown(iwelbo), ""]
     if selection is not None:
         lines += ["## Choosing n_latent", "", "`pyro_svae.selection.select_model(adata, n_latent=(6, 8, 10, 12), "
-                  "batch_key='bio_rep')`: 80% of each label's cells fit, 20% score; two seeds.", "",
+                  "batch_key='bio_rep')`: 80% of each label's cells fit, 20% score; two seeds. Recommended "
+                  f"from: {selection.attrs.get('criterion', 'all settings')}.", "",
                   markdown(selection.set_index("n_latent")), ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "papalexi.md").write_text("\n".join(lines))

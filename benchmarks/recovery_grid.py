@@ -9,7 +9,10 @@ Every screen is simulated with seeds 0 and 1 and fitted with the same seed (``fi
 defaults otherwise); for the seed agreement, the seed-0 screen is fitted once more with seed 1 by the
 methods in ``--stability`` (the Jaccard index of the two fits' target calls, in true-latent
 coordinates). Per fit: latent MCC, target precision / recall / F1 at PIP > 0.5, and the realised
-false discovery proportion and recall of ``target_calls(fdr)`` at 0.05 and 0.1.
+false discovery proportion and recall of ``target_calls(fdr)`` at 0.05 and 0.1 (and of the plain
+Bayesian FDR rule, ``min_pip=0``), and the PIPs in true-latent coordinates for their calibration.
+Runs recorded before ``target_calls`` had ``min_pip`` are rescored exactly from their stored calls
+with ``--rescore``.
 
 Methods: ``spike_and_slab`` (``fit``'s defaults); ``none`` (a plain VAE) and ``gaussian`` (dense
 shifts, iVAE-like) as they are, from a random start (no warm start); ``sketch``, a plain-PyTorch
@@ -152,15 +155,68 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
            "rerotated": was_rerotated(model.history),
            "elbo": float(model.elbo(adata, seed=0))}
     for fdr in FDRS:
-        calls = model.target_calls(fdr=fdr)
-        called = np.zeros(pips.shape, bool)
-        called[[model.perturbation_names.index(p) for p in calls["perturbation"]], calls["latent"].to_numpy(int)] = True
-        realised = metrics.false_discovery(called, true_targets, matching)
-        row.update({f"fdp_{fdr}": realised["fdp"], f"recall_{fdr}": realised["recall"],
-                    f"calls_{fdr}": realised["n_called"]})
-        if fdr == 0.1:  # what a user gets, for the seed agreement of the FDR calls
-            row["aligned_fdr_calls"] = metrics.aligned_calls(called, matching, true_targets.shape[1]).tolist()
+        for min_pip, suffix in ((0.5, ""), (0.0, "_min_pip0")):  # the default rule, and the plain Bayesian FDR
+            calls = model.target_calls(fdr=fdr, min_pip=min_pip)
+            called = np.zeros(pips.shape, bool)
+            called[[model.perturbation_names.index(p) for p in calls["perturbation"]], calls["latent"].to_numpy(int)] = True
+            realised = metrics.false_discovery(called, true_targets, matching)
+            row.update({f"fdp_{fdr}{suffix}": realised["fdp"], f"recall_{fdr}{suffix}": realised["recall"],
+                        f"calls_{fdr}{suffix}": realised["n_called"]})
+            if fdr == 0.1 and not suffix:  # what a user gets, for the seed agreement of the FDR calls
+                row["aligned_fdr_calls"] = metrics.aligned_calls(called, matching, true_targets.shape[1]).tolist()
     row["aligned_calls"] = metrics.aligned_calls(pips.to_numpy() > 0.5, matching, true_targets.shape[1]).tolist()
+    # for the calibration of the PIPs: each PIP in the true latents' coordinates, and the truth there
+    row["aligned_pips"] = np.round(_aligned(pips.to_numpy(), matching, true_targets.shape[1]), 4).tolist()
+    row["true_targets"] = true_targets.astype(int).tolist()
+    return row
+
+
+def _aligned(values: np.ndarray, matching, n_true: int) -> np.ndarray:
+    """``metrics.aligned_calls`` for real values ``[P, K_learned]``: unmatched latents' columns last."""
+    unmatched = np.setdiff1d(np.arange(values.shape[1]), matching.learned_index)
+    aligned = np.zeros((values.shape[0], n_true + len(unmatched)))
+    aligned[:, matching.true_index] = values[:, matching.learned_index]
+    aligned[:, n_true:] = values[:, unmatched]
+    return aligned
+
+
+def rescore(row: dict) -> dict:
+    """A run recorded before ``target_calls`` had ``min_pip`` (its FDR calls are the plain rule's),
+    rescored exactly from what it stored: the default calls are the plain ones with PIP > 0.5 (the
+    plain rule's set is a prefix by decreasing PIP, so at 0.1 they are ``aligned_fdr_calls`` and
+    ``aligned_calls``; at 0.05, the plain set if it is the shorter, else every PIP > 0.5). The
+    plain rule's numbers move to ``*_min_pip0``. The truth comes from simulating the screen again,
+    and the rescoring checks it against the run's own target precision and recall."""
+    from pyro_svae.datasets import simulate_grid_screen
+
+    if "fdp_0.1_min_pip0" in row or not isinstance(row.get("aligned_fdr_calls"), list):
+        return row
+    adata = simulate_grid_screen(row["screen"], seed=row["screen_seed"])
+    names = list(adata.uns["perturbation_names"])
+    truth = np.asarray(adata.uns["true_targets"], bool)[[names.index(p) for p in sorted(names)]]
+    above, plain_01 = np.asarray(row["aligned_calls"], bool), np.asarray(row["aligned_fdr_calls"], bool)
+    padded = np.zeros(above.shape, bool)
+    padded[:, :truth.shape[1]] = truth
+    tp = int((above & padded).sum())
+    recorded = (row["target_precision"], row["target_recall"])
+    if not np.allclose((tp / max(1, int(above.sum())), tp / max(1, int(truth.sum()))), recorded, atol=1e-9):
+        raise ValueError(f"{row['screen']} seed {row['screen_seed']}/{row['fit_seed']}: the simulated truth does not "
+                         f"reproduce the run's target precision and recall {recorded}.")
+    row = dict(row)
+    for fdr in FDRS:
+        for key in ("fdp", "recall", "calls"):
+            row[f"{key}_{fdr}_min_pip0"] = row[f"{key}_{fdr}"]
+        if fdr == 0.1:
+            called = plain_01 & above
+        elif row[f"calls_{fdr}"] < above.sum():  # the plain set is all above 0.5: unchanged
+            continue
+        else:
+            called = above
+        n_called, hits = int(called.sum()), int((called & padded).sum())
+        row.update({f"fdp_{fdr}": (n_called - hits) / n_called if n_called else 0.0,
+                    f"recall_{fdr}": hits / max(1, int(truth.sum())), f"calls_{fdr}": n_called})
+    row["aligned_fdr_calls"] = (plain_01 & above).tolist()
+    row["rescored"] = True
     return row
 
 
@@ -294,6 +350,64 @@ def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
     return lines + [""]
 
 
+def _rule_lines(runs: pd.DataFrame, held_out: set) -> list:
+    """The default FDR calls (PIP > 0.5) against the plain Bayesian FDR rule (``min_pip=0``), same fits."""
+    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
+    if "fdp_0.1_min_pip0" not in grid or grid["fdp_0.1_min_pip0"].isna().all():
+        return []
+    grid = grid[grid["fdp_0.1_min_pip0"].notna()]
+    lines = ["## FDR calls: PIP > 0.5 (`min_pip=0.5`, the default) against the plain rule (`min_pip=0`)", "",
+             "The same fits; per screen the mean over its seeds, then the mean (max) over screens.", "",
+             "| part | method | screens | fdr | FDP default | FDP plain | recall default | recall plain | calls default | calls plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for part, mask in (("development", ~grid["screen"].isin(held_out)), ("held out", grid["screen"].isin(held_out))):
+        for method, table in grid[mask].groupby("method"):
+            per_screen = table.groupby("screen").mean(numeric_only=True)
+            for fdr in FDRS:
+                new, old = per_screen[f"fdp_{fdr}"], per_screen[f"fdp_{fdr}_min_pip0"]
+                lines.append(f"| {part} | {method} | {len(per_screen)} | {fdr} | {new.mean():.3f} ({new.max():.3f}) | "
+                             f"{old.mean():.3f} ({old.max():.3f}) | {per_screen[f'recall_{fdr}'].mean():.3f} | "
+                             f"{per_screen[f'recall_{fdr}_min_pip0'].mean():.3f} | {per_screen[f'calls_{fdr}'].sum():.0f} | "
+                             f"{per_screen[f'calls_{fdr}_min_pip0'].sum():.0f} |")
+    return lines + [""]
+
+
+PIP_BINS = (0.0, 0.02, 0.1, 0.5, 0.9, 0.98, 1.0)
+
+
+def calibration(runs: pd.DataFrame, held_out: set) -> pd.DataFrame:
+    """Per part, method and PIP bin: how many (perturbation, latent) entries, their mean PIP and the
+    share that are true targets (in the true latents' coordinates; unmatched latents count as false)."""
+    rows = []
+    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
+    for _, run in grid.iterrows():
+        if not isinstance(run.get("aligned_pips"), list):
+            continue
+        pips = np.asarray(run["aligned_pips"])
+        truth = np.zeros(pips.shape, bool)
+        truth[:, :len(run["true_targets"][0])] = np.asarray(run["true_targets"], bool)
+        bins = np.clip(np.digitize(pips, PIP_BINS[1:-1]), 0, len(PIP_BINS) - 2)
+        for b in range(len(PIP_BINS) - 1):
+            rows.append({"part": "held out" if run["screen"] in held_out else "development", "method": run["method"],
+                         "bin": f"[{PIP_BINS[b]}, {PIP_BINS[b + 1]}{']' if b == len(PIP_BINS) - 2 else ')'}",
+                         "n": int((bins == b).sum()), "pip_sum": float(pips[bins == b].sum()),
+                         "true": int(truth[bins == b].sum())})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).groupby(["part", "method", "bin"], sort=False)[["n", "pip_sum", "true"]].sum()
+    return table.assign(mean_pip=table["pip_sum"] / table["n"].clip(lower=1),
+                        share_true=table["true"] / table["n"].clip(lower=1)).drop(columns="pip_sum")
+
+
+def _calibration_lines(runs: pd.DataFrame, held_out: set) -> list:
+    table = calibration(runs, held_out)
+    if table.empty:
+        return []
+    return ["## Calibration of the inclusion probabilities", "",
+            "All (perturbation, latent) entries of the fits, pooled, by PIP: calibrated PIPs have `share_true` "
+            "close to `mean_pip`.", "", markdown(table), ""]
+
+
 def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     from pyro_svae.datasets import grid_screens
 
@@ -317,6 +431,9 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
              "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5; `jaccard_fdr`: of `target_calls(fdr=0.1)`)",
              "of fit seeds 0 and 1 on the seed-0 screen; `rerotated`: screens where `fit` rotated a converged fit again.",
              f"Goals: {GOALS}.", ""]
+    if "rescored" in runs and runs["rescored"].fillna(False).astype(bool).any():
+        lines += [f"{int(runs['rescored'].fillna(False).astype(bool).sum())} runs were recorded before `target_calls` "
+                  "had `min_pip`; their FDR calls were rescored exactly from the calls they stored (`--rescore`).", ""]
     if agreement.empty:
         lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",
                   "measured on this page.", ""]
@@ -326,7 +443,7 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
             continue
         part_runs = runs[runs["screen"].isin(screens)]
         lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
-    lines += _restart_lines(runs, held_out)
+    lines += _rule_lines(runs, held_out) + _calibration_lines(runs, held_out) + _restart_lines(runs, held_out)
     lines += ["## Per screen (mean over the screen seeds)", "", markdown(per_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
     has_calls = grid.groupby(["screen", "method"])["calls_0.1"].max().unstack("method") > 0
@@ -391,6 +508,8 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--name", default="recovery_grid")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help="rescore runs recorded before target_calls had min_pip (exact, from their stored calls)")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the runs file and the report")
     args = parser.parse_args(argv)
     if args.variants:
@@ -399,6 +518,9 @@ def main(argv=None) -> pd.DataFrame:
     results = Path(args.results)
     path = results / f"{args.name}_runs.jsonl"
     results.mkdir(parents=True, exist_ok=True)
+    if args.rescore and path.exists():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(json.dumps(rescore(row), default=float) + "\n" for row in rows))
     runs = _read_runs(path)
     done = set() if runs.empty else set(map(tuple, runs[["screen", "screen_seed", "fit_seed", "method"]].to_numpy()))
     jobs = [] if args.report_only else _jobs(screens, args.methods, set(args.stability), done, args.seeds)

@@ -34,11 +34,21 @@ def shift_table(draws, layout, n_latent: int) -> pd.DataFrame:
     return _frame(draws.delta.mean(0).cpu().numpy(), layout, n_latent)
 
 
-def call_targets(pips: pd.DataFrame, fdr: float) -> pd.DataFrame:
-    """The Bayesian FDR calls of :meth:`SVAE.target_calls` from a PIP table (perturbations x latents)."""
+def call_targets(pips: pd.DataFrame, fdr: float, min_pip: float = 0.5) -> pd.DataFrame:
+    """The calls of :meth:`SVAE.target_calls` from a PIP table (perturbations x latents): of the
+    entries with PIP > ``min_pip``, the largest set by decreasing PIP whose mean ``1 - PIP`` (the
+    expected false discovery proportion, Newton et al. 2004) is at most ``fdr``.
+
+    ``min_pip=0`` is the plain Bayesian FDR rule, which, when most PIPs are near 1, fills its
+    budget with entries the model says are off (PIP near 0); ``min_pip=0.5`` keeps it inside the
+    median probability model, and the expected FDP stays at most ``fdr`` either way.
+    """
     if not 0.0 <= fdr < 1.0:
         raise ValueError(f"fdr must lie in [0, 1), but got {fdr}.")
+    if not 0.0 <= min_pip < 1.0:
+        raise ValueError(f"min_pip must lie in [0, 1), but got {min_pip}.")
     long = pips.stack().rename("pip").reset_index().sort_values("pip", ascending=False, kind="stable")
+    long = long[long["pip"] > min_pip] if min_pip > 0 else long
     expected_fdp = np.cumsum(1.0 - long["pip"].to_numpy()) / np.arange(1, len(long) + 1)
     # the largest set (a prefix of the sorted PIPs) whose expected FDP is at most fdr
     n_called = int(np.flatnonzero(expected_fdp <= fdr).max() + 1) if (expected_fdp <= fdr).any() else 0

@@ -86,8 +86,15 @@ def select_model(adata, n_latent: Sequence[int] = (6, 8, 10, 12), min_shift: Seq
 
 def recommend(table: pd.DataFrame, min_agreement: float = 0.8) -> pd.DataFrame:
     """Mark the recommended row of a :func:`select_model` table (``recommended``): the best held-out
-    IWELBO among the settings whose latents are all active and whose seeds agree; all if none do."""
+    IWELBO among the settings whose latents are all active and whose seeds agree. If none qualify,
+    the agreement is dropped first (a setting with silent latents is larger than the screen needs,
+    whatever its IWELBO), then the activity. ``attrs["criterion"]`` says which pool was used."""
     table = table.reset_index(drop=True)
-    eligible = table[(table["active_latents"] == table["n_latent"]) & (table["agreement"] >= min_agreement)]
-    pool = eligible if len(eligible) else table
-    return table.assign(recommended=table.index == pool["heldout_iwelbo"].idxmax())
+    all_active = table["active_latents"] == table["n_latent"]
+    pools = [("all latents active, seeds agree", all_active & (table["agreement"] >= min_agreement)),
+             ("all latents active (no setting's seeds agree)", all_active),
+             ("none has all latents active: best held-out IWELBO", pd.Series(True, index=table.index))]
+    criterion, keep = next((name, keep) for name, keep in pools if keep.any())
+    marked = table.assign(recommended=table.index == table.loc[keep, "heldout_iwelbo"].idxmax())
+    marked.attrs["criterion"] = criterion
+    return marked

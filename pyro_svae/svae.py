@@ -145,12 +145,12 @@ class SVAE:
         """Posterior mean effective shift ``E_q[delta]``: ``[perturbations x latents]``."""
         return results.shift_table(self.global_draws(num_samples, seed), self.layout, self.config.n_latent)
 
-    def target_calls(self, fdr: float = 0.05, num_samples: int = 200) -> pd.DataFrame:
-        """Targets called at a Bayesian false discovery rate (Newton et al. 2004): the largest set of
-        (perturbation, latent) pairs by decreasing PIP whose mean ``1 - PIP`` is at most ``fdr``.
-        Columns ``perturbation``, ``latent``, ``pip``; ``attrs["threshold"]`` (smallest PIP called),
-        ``attrs["expected_fdp"]``."""
-        return results.call_targets(self.intervention_targets(num_samples), fdr)
+    def target_calls(self, fdr: float = 0.05, num_samples: int = 200, min_pip: float = 0.5) -> pd.DataFrame:
+        """Targets called at a Bayesian false discovery rate: of the (perturbation, latent) pairs
+        with PIP > ``min_pip``, the largest set by decreasing PIP whose mean ``1 - PIP`` is at most
+        ``fdr`` (:func:`pyro_svae.results.call_targets`). Columns ``perturbation``, ``latent``,
+        ``pip``; ``attrs["threshold"]`` (smallest PIP called), ``attrs["expected_fdp"]``."""
+        return results.call_targets(self.intervention_targets(num_samples), fdr, min_pip)
 
     # ---- gene space ----------------------------------------------------------------------
     def gene_programs(self, adata=None, batch_size: int = 512) -> pd.DataFrame:

@@ -61,3 +61,16 @@ def test_select_model_scores_each_setting_and_recommends_one():
     assert (table["active_latents"] <= table["n_latent"]).all()
     with pytest.raises(ValueError, match="two seeds"):
         selection.select_model(adata, seeds=(0,), **options)
+
+
+def test_recommend_relaxes_agreement_before_activity():
+    table = pd.DataFrame({"n_latent": [6, 8, 12], "heldout_iwelbo": [-185.4, -185.2, -185.1],
+                          "agreement": [0.9, 0.6, 0.6], "active_latents": [6, 8, 9]})
+    marked = selection.recommend(table)  # 6 is the only one that qualifies on both
+    assert list(marked["recommended"]) == [True, False, False]
+    assert marked.attrs["criterion"] == "all latents active, seeds agree"
+    marked = selection.recommend(table.assign(agreement=0.5))  # none agree: the best fully active one
+    assert list(marked["recommended"]) == [False, True, False] and "no setting" in marked.attrs["criterion"]
+    marked = selection.recommend(table.assign(active_latents=[5, 7, 9], agreement=0.5))
+    assert list(marked["recommended"]) == [False, False, True] and "IWELBO" in marked.attrs["criterion"]
+    assert list(table.columns) == ["n_latent", "heldout_iwelbo", "agreement", "active_latents"]  # input untouched

@@ -329,6 +329,21 @@ def test_bayesian_fdr_calls_by_hand():
         call_targets(pips, fdr=1.5)
 
 
+def test_fdr_calls_never_take_an_entry_the_model_says_is_off():
+    # three sure targets leave budget for a PIP-0 entry at fdr 0.3 (mean 1 - PIP 0.25): the plain
+    # rule (min_pip=0) calls it, the default keeps to PIP > 0.5
+    pips = pd.DataFrame([[1.0, 1.0], [1.0, 0.0]], index=pd.Index(["a", "b"], name="perturbation"),
+                        columns=pd.RangeIndex(2, name="latent"))
+    assert len(call_targets(pips, fdr=0.3, min_pip=0.0)) == 4
+    calls = call_targets(pips, fdr=0.3)
+    assert ("b", 1) not in set(zip(calls["perturbation"], calls["latent"])) and len(calls) == 3
+    assert calls.attrs["threshold"] == 1.0 and calls.attrs["expected_fdp"] == 0.0
+    pips.iloc[1, 1] = 0.7  # above min_pip: the budget decides again
+    assert len(call_targets(pips, fdr=0.3)) == 4 and len(call_targets(pips, fdr=0.05)) == 3
+    with pytest.raises(ValueError, match="min_pip must lie in"):
+        call_targets(pips, fdr=0.1, min_pip=1.0)
+
+
 def test_target_calls_are_monotone_in_fdr(fitted):
     model, _ = fitted
     pyro.set_rng_seed(0)
