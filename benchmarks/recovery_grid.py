@@ -134,6 +134,7 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
     import pyro_svae
     from pyro_svae import metrics
     from pyro_svae.datasets import grid_screens, simulate_grid_screen
+    from pyro_svae.results import call_targets
 
     spec = grid_screens("all")[screen]
     adata = simulate_grid_screen(screen, seed=screen_seed)
@@ -156,7 +157,7 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
            "elbo": float(model.elbo(adata, seed=0))}
     for fdr in FDRS:
         for min_pip, suffix in ((0.5, ""), (0.0, "_min_pip0")):  # the default rule, and the plain Bayesian FDR
-            calls = model.target_calls(fdr=fdr, min_pip=min_pip)
+            calls = call_targets(pips, fdr, min_pip)  # target_calls on the PIPs scored above
             called = np.zeros(pips.shape, bool)
             called[[model.perturbation_names.index(p) for p in calls["perturbation"]], calls["latent"].to_numpy(int)] = True
             realised = metrics.false_discovery(called, true_targets, matching)
@@ -166,18 +167,9 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
                 row["aligned_fdr_calls"] = metrics.aligned_calls(called, matching, true_targets.shape[1]).tolist()
     row["aligned_calls"] = metrics.aligned_calls(pips.to_numpy() > 0.5, matching, true_targets.shape[1]).tolist()
     # for the calibration of the PIPs: each PIP in the true latents' coordinates, and the truth there
-    row["aligned_pips"] = np.round(_aligned(pips.to_numpy(), matching, true_targets.shape[1]), 4).tolist()
+    row["aligned_pips"] = np.round(metrics.align_to_truth(pips.to_numpy(), matching, true_targets.shape[1]), 4).tolist()
     row["true_targets"] = true_targets.astype(int).tolist()
     return row
-
-
-def _aligned(values: np.ndarray, matching, n_true: int) -> np.ndarray:
-    """``metrics.aligned_calls`` for real values ``[P, K_learned]``: unmatched latents' columns last."""
-    unmatched = np.setdiff1d(np.arange(values.shape[1]), matching.learned_index)
-    aligned = np.zeros((values.shape[0], n_true + len(unmatched)))
-    aligned[:, matching.true_index] = values[:, matching.learned_index]
-    aligned[:, n_true:] = values[:, unmatched]
-    return aligned
 
 
 def rescore(row: dict) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores", "aligned_calls", "false_discovery", "jaccard",
+__all__ = ["Matching", "match_latents", "mcc", "r2", "target_scores", "align_to_truth", "aligned_calls", "false_discovery", "jaccard",
            "true_targets_of", "recovery"]
 
 
@@ -79,18 +79,26 @@ def target_scores(pip: np.ndarray, true_targets: np.ndarray, matching: Matching,
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def aligned_calls(called: np.ndarray, matching: Matching, n_true: int) -> np.ndarray:
-    """Calls ``[P, K_learned]`` (bool) in the true latents' coordinates: ``[P, n_true + n_unmatched]``.
+def align_to_truth(values: np.ndarray, matching: Matching, n_true: int) -> np.ndarray:
+    """Per-entry values ``[P, K_learned]`` (calls, PIPs, shifts) in the true latents' coordinates:
+    ``[P, n_true + n_unmatched]``, same dtype.
 
-    Column ``k < n_true`` holds the calls of the learned latent matched to true latent ``k``; the
-    calls of learned latents matched to none follow, so that they count as false positives.
+    Column ``k < n_true`` holds the values of the learned latent matched to true latent ``k`` (zero
+    where none is); the columns of learned latents matched to none follow, so that their calls
+    count as false positives.
     """
-    called = np.asarray(called, bool)
-    unmatched = np.setdiff1d(np.arange(called.shape[1]), matching.learned_index)
-    aligned = np.zeros((called.shape[0], n_true + len(unmatched)), dtype=bool)
-    aligned[:, matching.true_index] = called[:, matching.learned_index]
-    aligned[:, n_true:] = called[:, unmatched]
+    values = np.asarray(values)
+    unmatched = np.setdiff1d(np.arange(values.shape[1]), matching.learned_index)
+    aligned = np.zeros((values.shape[0], n_true + len(unmatched)), dtype=values.dtype)
+    aligned[:, matching.true_index] = values[:, matching.learned_index]
+    aligned[:, n_true:] = values[:, unmatched]
     return aligned
+
+
+def aligned_calls(called: np.ndarray, matching: Matching, n_true: int) -> np.ndarray:
+    """Calls ``[P, K_learned]`` (cast to bool) in the true latents' coordinates,
+    ``[P, n_true + n_unmatched]`` (:func:`align_to_truth`)."""
+    return align_to_truth(np.asarray(called, bool), matching, n_true)
 
 
 def false_discovery(called: np.ndarray, true_targets: np.ndarray, matching: Matching) -> dict:

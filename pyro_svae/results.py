@@ -48,7 +48,7 @@ def call_targets(pips: pd.DataFrame, fdr: float, min_pip: float = 0.5) -> pd.Dat
     if not 0.0 <= min_pip < 1.0:
         raise ValueError(f"min_pip must lie in [0, 1), but got {min_pip}.")
     long = pips.stack().rename("pip").reset_index().sort_values("pip", ascending=False, kind="stable")
-    long = long[long["pip"] > min_pip] if min_pip > 0 else long
+    long = long[long["pip"] > min_pip] if min_pip > 0 else long  # min_pip=0: every entry, PIP 0 included
     expected_fdp = np.cumsum(1.0 - long["pip"].to_numpy()) / np.arange(1, len(long) + 1)
     # the largest set (a prefix of the sorted PIPs) whose expected FDP is at most fdr
     n_called = int(np.flatnonzero(expected_fdp <= fdr).max() + 1) if (expected_fdp <= fdr).any() else 0

@@ -40,3 +40,13 @@ def test_bad_shapes_are_refused():
         metrics.mcc(np.zeros((3, 2)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="pearson"):
         metrics.mcc(np.zeros((3, 2)), np.zeros((3, 2)), method="kendall")
+
+
+def test_align_to_truth_keeps_values_and_puts_unmatched_latents_last():
+    matching = metrics.Matching(true_index=np.array([0, 1]), learned_index=np.array([2, 0]),
+                                correlations=np.array([0.9, 0.8]))
+    pips = np.array([[0.1, 0.2, 0.9], [0.7, 0.4, 0.0]])
+    aligned = metrics.align_to_truth(pips, matching, n_true=3)  # true latent 2 matched to none
+    assert aligned.dtype == pips.dtype and aligned.shape == (2, 4)
+    assert np.array_equal(aligned, [[0.9, 0.1, 0.0, 0.2], [0.0, 0.7, 0.0, 0.4]])
+    assert np.array_equal(metrics.aligned_calls(pips > 0.5, matching, 3), aligned > 0.5)
