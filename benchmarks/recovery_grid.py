@@ -230,6 +230,28 @@ def _jobs(screens, methods, stability, done, seeds=(0, 1)):
     return jobs
 
 
+def run_and_record(function, jobs, path: Path, n_jobs: int, describe) -> list:
+    """``function(*job)`` for each job on ``n_jobs`` processes. Each result (a row, or a list of rows)
+    is appended to the runs file ``path`` as soon as it is done and printed by ``describe(row)``;
+    a failed job is reported and never loses the others. Returns the new rows."""
+    rows = []
+    with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(function, *job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as error:  # one failed fit is reported, never loses the others
+                print(f"{' '.join(map(str, futures[future]))}: FAILED {type(error).__name__}: {error}", flush=True)
+                continue
+            new = result if isinstance(result, list) else [result]
+            with path.open("a") as f:
+                f.write("".join(json.dumps(row, default=float) + "\n" for row in new))
+            for row in new:
+                print(describe(row), flush=True)
+            rows += new
+    return rows
+
+
 def _read_runs(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
@@ -519,19 +541,9 @@ def main(argv=None) -> pd.DataFrame:
     # the slowest screens first, so that the two workers finish together
     jobs.sort(key=lambda job: -grid_screens("all")[job[0]]["n_latent"])
     print(f"{len(jobs)} fits to run, {len(done)} already in {path}")
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {pool.submit(run, *job): job for job in jobs}
-        for future in as_completed(futures):
-            try:
-                row = future.result()
-            except Exception as error:  # one failed fit is reported, never loses the others
-                print(f"{' '.join(map(str, futures[future]))}: FAILED {type(error).__name__}: {error}", flush=True)
-                continue
-            with path.open("a") as f:
-                f.write(json.dumps(row, default=float) + "\n")
-            print(f"{row['screen']:>18} seed {row['screen_seed']}/{row['fit_seed']} {row['method']:>16}: "
-                  f"MCC {row['mcc']:.3f} F1 {row['target_f1']:.3f} FDP(0.1) {row['fdp_0.1']:.2f} "
-                  f"{row['seconds']:.0f} s", flush=True)
+    run_and_record(run, jobs, path, args.jobs, lambda row: (
+        f"{row['screen']:>18} seed {row['screen_seed']}/{row['fit_seed']} {row['method']:>16}: MCC {row['mcc']:.3f} "
+        f"F1 {row['target_f1']:.3f} FDP(0.1) {row['fdp_0.1']:.2f} {row['seconds']:.0f} s"))
     runs = _read_runs(path)
     command = "python benchmarks/recovery_grid.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     report(runs, results, args.name, command.strip())

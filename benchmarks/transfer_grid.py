@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recovery_grid import markdown
+from recovery_grid import markdown, run_and_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCREENS = ["base", "shift2", "latents12", "targets3", "nb3", "no_controls", "cells300", "perturbations20", "mixed_easy"]
@@ -77,6 +76,63 @@ def run(screen: str, method: str, seed: int = 0) -> list:
     return rows
 
 
+def report(table: pd.DataFrame, results: Path, name: str, command: str) -> pd.DataFrame:
+    """Write ``<name>.md`` and ``.png`` from the runs; returns the median table."""
+    methods = sorted(table["method"].unique())
+    summary = table.groupby(["method", "cells"])[["target_precision", "target_recall", "target_f1",
+                                                  "heldout_iwelbo"]].median()
+    wide = table.pivot_table(index=["screen", "cells"], columns="method", values=["target_f1", "heldout_iwelbo"])
+    both = {"spike_and_slab", "gaussian"} <= set(methods)
+    difference = (wide[("heldout_iwelbo", "spike_and_slab")] - wide[("heldout_iwelbo", "gaussian")]).dropna() if both else None
+    pd.set_option("display.width", 200)
+    print(summary.round(3).to_string())
+    lines = ["# Few-shot transfer on grid screens", "", f"`{command}`", "",
+             "A fifth of each screen's perturbations held out of training, then transferred on k of their cells and",
+             "scored on 40 others (k = 100 only on screens with 140 cells per perturbation or more): transferred targets "
+             "against the truth (PIP > 0.5, latents matched on the training",
+             "cells) and held-out IWELBO per cell (50 importance samples).", "",
+             f"## Median over screens ({table['screen'].nunique()} screens)", "", markdown(summary), ""]
+    if difference is not None:
+        by_cells = difference.groupby(level="cells")
+        lines += ["## Held-out IWELBO, sparse minus dense (nats per cell)", "",
+                  markdown(pd.DataFrame({"median": by_cells.median(), "screens": by_cells.size(),
+                                         "share where sparse >= dense": by_cells.apply(lambda d: float((d >= 0).mean()))})),
+                  ""]
+    lines += ["## Every screen", "", markdown(wide), ""]
+    (results / f"{name}.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for method in methods:
+        part = summary.loc[method]
+        axes[0].plot(part.index, part["target_f1"], "o-", label=method)
+    axes[0].set_ylabel("median target F1, transferred perturbations")
+    axes[0].set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8)
+    if difference is not None:
+        frame = difference.rename("difference").reset_index()
+        axes[1].scatter(frame["cells"] * np.exp(np.random.default_rng(0).uniform(-0.08, 0.08, len(frame))),
+                        frame["difference"], s=14, alpha=0.6, label="one screen")
+        median = difference.groupby(level="cells").median()
+        axes[1].plot(median.index, median.to_numpy(), "k-o", label="median")
+        axes[1].axhline(0, color="grey", lw=0.8)
+        axes[1].set_ylabel("held-out IWELBO per cell,\nsparse minus dense (nats)")
+        axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(CELLS, [str(k) for k in CELLS])
+        ax.set_xlabel("cells seen per new perturbation")
+    fig.tight_layout()
+    fig.savefig(results / f"{name}.png", dpi=120)
+    print(f"Wrote {results / name}.md and .png")
+    return summary
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screens", nargs="+", default=SCREENS)
@@ -84,55 +140,22 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--name", default="transfer_grid")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    jobs = [(s, m) for s in args.screens for m in args.methods]
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        rows = [row for result in pool.map(run, *zip(*jobs)) for row in result]
-    table = pd.DataFrame(rows)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{args.name}_runs.jsonl").write_text("\n".join(json.dumps(r, default=float) for r in rows) + "\n")
-    summary = table.groupby(["method", "cells"])[["target_precision", "target_recall", "target_f1",
-                                                  "heldout_iwelbo"]].median()
-    wide = table.pivot_table(index=["screen", "cells"], columns="method", values=["target_f1", "heldout_iwelbo"])
-    sparse_minus_dense = (wide[("heldout_iwelbo", "spike_and_slab")] - wide[("heldout_iwelbo", "gaussian")]
-                          if {"spike_and_slab", "gaussian"} <= set(args.methods) else None)
-    pd.set_option("display.width", 200)
-    print(summary.round(3).to_string())
-    lines = ["# Few-shot transfer on grid screens", "",
-             f"`python benchmarks/transfer_grid.py {' '.join(argv or [])}`".replace(" `", "`"), "",
-             "A fifth of each screen's perturbations held out of training, then transferred on k of their cells and",
-             "scored on 40 others (k = 100 only on screens with 140 cells per perturbation or more): transferred targets against the truth (PIP > 0.5, latents matched on the training",
-             "cells) and held-out IWELBO per cell (50 importance samples).", "",
-             "## Median over screens", "", markdown(summary), ""]
-    if sparse_minus_dense is not None:
-        diff = sparse_minus_dense.groupby(level="cells")
-        lines += ["## Held-out IWELBO, sparse minus dense (nats per cell)", "",
-                  markdown(pd.DataFrame({"median": diff.median(), "screens where sparse >= dense":
-                                         diff.apply(lambda d: float((d >= 0).mean()))})), ""]
-    lines += ["## Every screen", "", markdown(wide), ""]
-    (results / f"{args.name}.md").write_text("\n".join(lines))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for method in args.methods:
-        part = summary.loc[method]
-        axes[0].plot(part.index, part["target_f1"], "o-", label=method)
-        axes[1].plot(part.index, part["heldout_iwelbo"], "o-", label=method)
-    for ax, label in zip(axes, ["target F1 of transferred perturbations", "held-out IWELBO per cell"]):
-        ax.set_xscale("log")
-        ax.set_xlabel("cells seen per new perturbation")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results / f"{args.name}.png", dpi=120)
-    print(f"Wrote {results / args.name}.md and .png")
-    return table
+    path = results / f"{args.name}_runs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    done = {(r["screen"], r["method"]) for r in rows}
+    jobs = [] if args.report_only else [(s, m) for s in args.screens for m in args.methods if (s, m) not in done]
+    print(f"{len(jobs)} fits to run, {len(done)} already in {path}")
+    rows += run_and_record(run, jobs, path, args.jobs, lambda r: (
+        f"{r['screen']} {r['method']} k={r['cells']}: F1 {r['target_f1']:.2f}, IWELBO {r['heldout_iwelbo']:.2f}"))
+    table = pd.DataFrame(rows)
+    table = table[table["screen"].isin(args.screens) & table["method"].isin(args.methods)]
+    command = "python benchmarks/transfer_grid.py" + "".join(f" {a}" for a in (argv or []))
+    return report(table, results, args.name, command)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
