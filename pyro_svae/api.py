@@ -21,6 +21,7 @@ from .factory import SVAEConfig, build, layout_of, with_resolved_min_shift
 from .likelihoods import get_likelihood
 from .persistence import read, restore
 from .posterior import draw_globals
+from .prior_refit import refit_prior
 from .priors import prior_name
 from .restarts import best_of
 from .results import inclusion_table, latent_activity
@@ -156,17 +157,17 @@ def fit(
     checkpoint_every, checkpoint_dir :
         Write the whole state of the fit to ``checkpoint_dir`` every ``checkpoint_every`` epochs.
     resume_from : path, optional
-        A checkpoint directory: continue that fit (same data and settings; ``max_epochs`` may be
-        larger) exactly as if it had not stopped.
+        A checkpoint directory: continue that fit (same data and settings; ``max_epochs`` may be larger)
+        exactly as if it had not stopped.
     n_restarts : int
-        Fit from seeds ``seed`` to ``seed + n_restarts - 1`` and keep the fit with the highest ELBO on
-        all cells (:mod:`pyro_svae.restarts`; ``model.restarts`` lists them): ``n_restarts`` times the
-        time of one fit.
+        Fit from seeds ``seed`` to ``seed + n_restarts - 1`` and keep the fit with the highest ELBO on all
+        cells (:mod:`pyro_svae.restarts`; ``model.restarts`` lists them): ``n_restarts`` times the time.
 
     Returns
     -------
     SVAE
-        The fitted model; ``model.history`` has the per-epoch ELBOs.
+        The fitted model; ``model.history`` has the per-epoch ELBOs. Its last step fits the prior's
+        guide to convergence with the networks fixed (:mod:`pyro_svae.prior_refit`).
     """
     if n_restarts != 1:  # each restart is this function with n_restarts=1 and its own seed
         return best_of(fit, {k: v for k, v in locals().items() if k != "n_restarts"}, n_restarts)
@@ -190,11 +191,9 @@ def fit(
         batch_size = len(train_cells)
     if max_epochs == "auto":
         max_epochs = auto_max_epochs(len(train_cells), batch_size)
-    if kl_warmup_epochs == "auto":
-        # short: the sparsity of the targets must act early, while the latent axes form
+    if kl_warmup_epochs == "auto":  # short: the sparsity of the targets must act while the latent axes form
         kl_warmup_epochs = max(1, max_epochs // 40)
-    if patience == "auto":
-        patience = max(30, max_epochs // 4)
+    patience = max(30, max_epochs // 4) if patience == "auto" else patience
     _check("max_epochs", max_epochs, isinstance(max_epochs, int) and max_epochs >= 1, "to be 'auto' or an integer >= 1")
     config, prior = model_config(
         perturbation_key, control, layer=layer, batch_key=batch_key, n_latent=n_latent, prior=prior,
@@ -256,9 +255,8 @@ def fit(
                                adata=adata)
         raise
     model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
-    stopped_early = len(history) < train_config.max_epochs  # converged, not cut short by max_epochs
-    latent = None  # the cells' posterior means, computed once for the checks below
-    if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and stopped_early:
+    latent = None  # the cells' posterior means, computed once for the checks below (of converged fits only)
+    if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and len(history) < train_config.max_epochs:
         latent = model.get_latent(adata)
         rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
         if closeness < warm.REROTATE_BELOW:
@@ -273,6 +271,8 @@ def fit(
                             epoch_offset=n_dense + len(history)).assign(stage="re-rotated")
             model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
             latent = None
+    # the prior's guide to convergence with the networks fixed (early stopping cannot see its KLs)
+    refit_prior(components, params, screen, device, train_cells, seed=seed)
     if stages:
         model.history = warm.join_histories(stages + [model.history])
     activity = latent_activity(model, latent=latent)

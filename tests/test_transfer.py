@@ -202,9 +202,10 @@ def test_predicted_cells_of_one_label_are_independent_draws(fitted):
         shift = predicted.obsm["shift"][i * n:(i + 1) * n]
         on = np.abs(shift) > 0
         assert np.allclose(on.mean(0), pip.loc[label].to_numpy(), atol=4 * 0.5 / np.sqrt(n) + 1e-3)
-        nonzero = shift[:, on.mean(0) > 0.5]
-        if nonzero.size:
-            assert len(np.unique(nonzero.round(6), axis=0)) == len(nonzero)
+        for k in np.flatnonzero(on.mean(0) > 0.5):  # the cells with the mask on: their own draws of the shift
+            nonzero = shift[on[:, k], k]
+            # shared draws would repeat a few values; independent ones collide only by chance
+            assert len(np.unique(nonzero)) >= 0.99 * len(nonzero)
 
 
 def test_predicted_counts_do_not_depend_on_the_thread_count(fitted, monkeypatch):
