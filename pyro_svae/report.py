@@ -175,8 +175,9 @@ def _targets_section(calls, programs, fdr, figures) -> list:
             lines += [f"({len(calls) - MAX_TABLE_ROWS} more in `targets.csv`.)", ""]
     lines += [line for name in ("targets", "shifts") if name in figures for line in (f"![{name}]({name}.png)", "")]
     lines += ["### Top genes of the targeted latents", ""]
-    if not len(calls):
-        return lines + ["No latent carries a target at this FDR."]
+    figure = ["", "![gene programs](gene_programs.png)"] if "gene_programs" in figures else []
+    if not len(calls):  # the figure of every latent's genes is still written, and linked
+        return lines + ["No latent carries a target at this FDR."] + figure
     rows = []
     for latent in sorted(calls["latent"].unique()):
         genes = interpretation.top_genes(programs, latent, n=10)
@@ -184,10 +185,7 @@ def _targets_section(calls, programs, fdr, figures) -> list:
         rows.append({"latent": latent, "targeted by": ", ".join(map(str, by[:8])) + (", ..." if len(by) > 8 else ""),
                      "top genes (d log mean / d z)": ", ".join(f"{g} ({e:+.2f})" for g, e in
                                                               zip(genes["gene"], genes["effect"]))})
-    lines += [_table(pd.DataFrame(rows)), "", "All genes of every latent: `gene_programs.csv`."]
-    if "gene_programs" in figures:
-        lines += ["", "![gene programs](gene_programs.png)"]
-    return lines
+    return lines + [_table(pd.DataFrame(rows)), "", "All genes of every latent: `gene_programs.csv`."] + figure
 
 
 def _ppc_section(summary, n_cells, n_total, num_samples) -> list:
