@@ -252,7 +252,8 @@ def run_and_record(function, jobs, path: Path, n_jobs: int, describe) -> list:
     return rows
 
 
-def _read_runs(path: Path) -> pd.DataFrame:
+def read_runs(path: Path) -> pd.DataFrame:
+    """The runs file ``path`` (one JSON row per line) as a table; empty when there is none."""
     if not path.exists():
         return pd.DataFrame()
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
@@ -535,7 +536,7 @@ def main(argv=None) -> pd.DataFrame:
     if args.rescore and path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         path.write_text("".join(json.dumps(rescore(row), default=float) + "\n" for row in rows))
-    runs = _read_runs(path)
+    runs = read_runs(path)
     done = set() if runs.empty else set(map(tuple, runs[["screen", "screen_seed", "fit_seed", "method"]].to_numpy()))
     jobs = [] if args.report_only else _jobs(screens, args.methods, set(args.stability), done, args.seeds)
     # the slowest screens first, so that the two workers finish together
@@ -544,7 +545,7 @@ def main(argv=None) -> pd.DataFrame:
     run_and_record(run, jobs, path, args.jobs, lambda row: (
         f"{row['screen']:>18} seed {row['screen_seed']}/{row['fit_seed']} {row['method']:>16}: MCC {row['mcc']:.3f} "
         f"F1 {row['target_f1']:.3f} FDP(0.1) {row['fdp_0.1']:.2f} {row['seconds']:.0f} s"))
-    runs = _read_runs(path)
+    runs = read_runs(path)
     command = "python benchmarks/recovery_grid.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     report(runs, results, args.name, command.strip())
     return runs

@@ -13,7 +13,6 @@ per cell. Writes ``benchmarks/results/transfer_grid.md`` and ``.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recovery_grid import markdown, run_and_record
+from recovery_grid import markdown, read_runs, run_and_record
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCREENS = ["base", "shift2", "latents12", "targets3", "nb3", "no_controls", "cells300", "perturbations20", "mixed_easy"]
@@ -145,12 +144,14 @@ def main(argv=None):
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"{args.name}_runs.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = read_runs(path).to_dict("records")
     done = {(r["screen"], r["method"]) for r in rows}
     jobs = [] if args.report_only else [(s, m) for s in args.screens for m in args.methods if (s, m) not in done]
     print(f"{len(jobs)} fits to run, {len(done)} already in {path}")
     rows += run_and_record(run, jobs, path, args.jobs, lambda r: (
         f"{r['screen']} {r['method']} k={r['cells']}: F1 {r['target_f1']:.2f}, IWELBO {r['heldout_iwelbo']:.2f}"))
+    if not rows:
+        raise SystemExit(f"No runs in {path}: run without --report-only first.")
     table = pd.DataFrame(rows)
     table = table[table["screen"].isin(args.screens) & table["method"].isin(args.methods)]
     command = "python benchmarks/transfer_grid.py" + "".join(f" {a}" for a in (argv or []))
