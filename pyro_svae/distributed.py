@@ -11,7 +11,8 @@ networks' and the prior's, is a parameter of the module, so all ranks hold ident
 
 Differences from ``fit``: a fixed number of epochs (no validation split or early stopping) and
 ``torch.optim.Adam`` with per-element gradient clipping (Lightning's ``gradient_clip_val``)
-instead of ``ClippedAdam`` (the same update up to where ``eps`` enters).
+instead of ``ClippedAdam`` (the same update up to where ``eps`` enters). Like ``fit``, it ends
+with :func:`pyro_svae.prior_refit.refit_prior`, here on every cell.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pyro.infer import TraceMeanField_ELBO
 from .api import model_config
 from .data import read_screen
 from .factory import Components, build, create_params, layout_of
+from .prior_refit import refit_prior
 from .svae import SVAE
 from .runtime import DataOnDevice, param_scope
 from .train import TrainConfig
@@ -154,6 +156,9 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
     history = pd.DataFrame({"epoch": np.arange(max_epochs), "loss": module.epoch_loss.numpy()})
     history["train_elbo"], history["validation_elbo"] = -history["loss"], np.nan
     components.nets = module.nets  # trained in place, or brought back from rank 0
+    # as in pyro_svae.fit: the prior's guide to convergence with the networks fixed, on every cell
+    # (no cells are held out here)
+    refit_prior(components, params, screen, torch.device("cpu"), seed=seed)
     out = SVAE(components, params, history=history[["epoch", "train_elbo", "validation_elbo", "loss"]],
                train_config=train_config, device="cpu", adata=adata)
     out.rank_parameter_spread = float(module.rank_spread)

@@ -28,7 +28,7 @@ from .model import cell_shifts
 from .plates import prior_scope
 from .priors import ShiftMoments
 
-__all__ = ["JointPass", "SiteTerms", "global_elbo", "cell_terms", "elbo", "cell_elbo"]
+__all__ = ["JointPass", "SiteTerms", "run_prior", "shift_moments", "global_elbo", "cell_terms", "elbo", "cell_elbo"]
 
 
 class SiteTerms(NamedTuple):
@@ -65,7 +65,9 @@ class JointPass(Messenger):
                                       msg["scale"], msg["mask"], msg["is_observed"]))
 
 
-def _run(components: Components, device, kl_weight):
+def run_prior(components: Components, device, kl_weight):
+    """Run the prior once with each site drawn from its guide (:class:`JointPass`), under ``kl_weight``:
+    ``(what the prior returns, the sites' records)``."""
     joint = JointPass(components.prior_guide)
     components.prior_guide.device = device
     shape = (components.n_perturbations, components.config.n_latent)
@@ -109,7 +111,9 @@ def cell_terms(components: Components, batch: dict, delta, variance=None):
     return counts.log_prob(batch["counts"]).sum(-1), kl
 
 
-def _moments(result, device):
+def shift_moments(result, device):
+    """``(delta, variance)`` of what a prior returned, on ``device``: its mean and mask variance for a
+    ``ShiftMoments``, else the shifts themselves and ``None``."""
     if isinstance(result, ShiftMoments):
         return result.mean.to(device), result.variance.to(device)
     return result.to(device), None
@@ -120,8 +124,8 @@ def elbo(components: Components, batch: dict, n_cells: int, kl_weight: float = 1
     weighted by the warm-up ``kl_weight``, plus ``n_cells / B`` times the cells' terms. Returns it
     with the cells' own ELBOs ``log p(x | z) - KL`` ``[B]`` (detached), for monitoring."""
     device = batch["library"].device
-    result, records = _run(components, device, kl_weight)
-    delta, variance = _moments(result, device)
+    result, records = run_prior(components, device, kl_weight)
+    delta, variance = shift_moments(result, device)
     log_lik, kl = cell_terms(components, batch, delta, variance)
     total = global_elbo(records).to(device) + n_cells / len(log_lik) * (log_lik - kl_weight * kl).sum()
     return total, (log_lik - kl).detach()
@@ -130,8 +134,8 @@ def elbo(components: Components, batch: dict, n_cells: int, kl_weight: float = 1
 def cell_elbo(components: Components, batch: dict) -> torch.Tensor:
     """Per-cell ELBO ``log p(x | z) - KL(q(z | x) || p(z | delta))`` at one draw of the globals: ``[B]``."""
     device = batch["library"].device
-    result, _ = _run(components, device, 1.0)
-    log_lik, kl = cell_terms(components, batch, *_moments(result, device))
+    result, _ = run_prior(components, device, 1.0)
+    log_lik, kl = cell_terms(components, batch, *shift_moments(result, device))
     return log_lik - kl
 
 

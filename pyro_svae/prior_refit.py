@@ -28,7 +28,7 @@ import torch
 
 from .factory import Components
 from .model import cell_shifts
-from .objective import _moments, _run, global_elbo
+from .objective import global_elbo, run_prior, shift_moments
 from .runtime import DataOnDevice, param_scope
 
 __all__ = ["refit_prior", "REFIT_STEPS"]
@@ -64,8 +64,8 @@ def label_statistics(components: Components, screen, device, cells=None, batch_s
 
 def prior_objective(components: Components, codes, counts, sums, device) -> torch.Tensor:
     """The ELBO's terms that depend on the prior's sites, at one draw of them (a scalar to maximise)."""
-    result, records = _run(components, device, 1.0)
-    delta, variance = _moments(result, device)
+    result, records = run_prior(components, device, 1.0)
+    delta, variance = shift_moments(result, device)
     shift = cell_shifts(delta, codes)  # [U, K]
     cells = (shift * sums).sum() - 0.5 * (counts * shift.pow(2).sum(-1)).sum()
     if variance is not None:

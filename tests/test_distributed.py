@@ -48,3 +48,29 @@ def test_a_clear_error_without_lightning(monkeypatch):
     monkeypatch.setattr(distributed, "pl", None)
     with pytest.raises(ImportError, match=r"pyro_svae\[distributed\]"):
         distributed.fit(make_screen(), devices=2)
+
+
+def test_distributed_fit_ends_with_the_prior_guide_at_its_optimum():
+    """As fit does: a short run leaves the inclusion probabilities near their start, and the refit moves
+    them to the ELBO's optimum given the networks (a second refit then gains nothing)."""
+    import copy
+
+    import torch
+
+    from pyro_svae.prior_refit import label_statistics, prior_objective, refit_prior
+
+    adata = make_screen(n_perturbations=6, n_cells_per_perturbation=25, seed=3)
+    model = distributed.fit(adata, devices=1, strategy="auto", batch_size=64, **{**SETTINGS, "max_epochs": 3})
+    screen, cpu = model._read(adata), torch.device("cpu")
+    codes, counts, sums = label_statistics(model.components, screen, cpu)
+
+    def objective(m):
+        torch.manual_seed(123)
+        with m.scope(), torch.no_grad():
+            return float(np.mean([prior_objective(m.components, codes, counts, sums, cpu).item() for _ in range(100)]))
+
+    again = copy.deepcopy(model)
+    refit_prior(again.components, again.params, screen, cpu, seed=1)
+    gap = objective(again) - objective(model)
+    # measured: 0.3 nats; 73 nats with the refit taken out of distributed.fit
+    assert gap < 2.0, gap
