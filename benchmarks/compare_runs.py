@@ -12,6 +12,7 @@ fdr 0.1 (mean over the screen's seeds, as the grid's report). Writes ``<name>.md
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +59,7 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
     before, after = read_runs(Path(args.before)), read_runs(Path(args.after))
-    command = "python benchmarks/compare_runs.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python benchmarks/compare_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# {args.name}: `{args.before}` against `{args.after}`", "", f"`{command}`", ""]
     lines += compare(before, after, set(grid_screens("held_out")))
     path = Path(args.results) / f"{args.name}.md"

@@ -56,6 +56,19 @@ def demo_fits():
     return adata, {"spike_and_slab": model}
 
 
+def prior_part_of_elbo(model, screen, cells=None, draws: int = 100) -> float:
+    """The ELBO's terms that depend on the prior's sites (what ``refit_prior`` maximises) on the screen's
+    ``cells`` (positions, default all), averaged over ``draws`` draws of the sites at a fixed seed."""
+    from pyro_svae.prior_refit import label_statistics, prior_objective
+
+    cpu = torch.device("cpu")
+    codes, counts, sums = label_statistics(model.components, screen, cpu, cells)
+    torch.manual_seed(123)
+    with model.scope(), torch.no_grad():
+        return float(np.mean([prior_objective(model.components, codes, counts, sums, cpu).item()
+                              for _ in range(draws)]))
+
+
 def adata_equal(a, b) -> bool:
     """Byte-for-byte equality of X, obs, var, layers, obsm and uns keys."""
     import scipy.sparse as sp

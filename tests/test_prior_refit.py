@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import pyro_svae
-from pyro_svae.prior_refit import label_statistics, prior_objective, refit_prior
+from pyro_svae.prior_refit import refit_prior
 from pyro_svae.train import split_cells
 
-from .conftest import FAST, make_screen
+from .conftest import FAST, make_screen, prior_part_of_elbo
 
 PI = "PriorGuide.values.pi"
 
@@ -19,14 +19,9 @@ def _train_cells(screen, seed: int = 0):
     return split_cells(screen.n_cells, 0.1, np.random.default_rng(seed))[0]  # fit's split, its default fraction
 
 
-def _objective(model, screen, draws: int = 100) -> float:
-    """The prior's part of the ELBO (the terms refit_prior maximises), averaged over draws of the sites."""
-    cpu = torch.device("cpu")
-    codes, counts, sums = label_statistics(model.components, screen, cpu, _train_cells(screen))
-    torch.manual_seed(123)
-    with model.scope(), torch.no_grad():
-        return float(np.mean([prior_objective(model.components, codes, counts, sums, cpu).item()
-                              for _ in range(draws)]))
+def _objective(model, screen) -> float:
+    """The prior's part of the ELBO on fit's training cells."""
+    return prior_part_of_elbo(model, screen, _train_cells(screen))
 
 
 @pytest.fixture(scope="module")
