@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from recovery_grid import RESULTS, _plot, markdown, summarise
+from recovery_grid import RESULTS, _plot, markdown, per_screen, summarise
 
 # method in the runs file: (round, what it is, the code it ran on, the variant as run)
 ROUNDS = {
@@ -51,8 +51,7 @@ def main() -> pd.DataFrame:
     common_summary = common_summary.loc[[m for m in ROUNDS if m in common_summary.index]]
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
-    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
-    per_screen = grid.groupby(["screen", "method"])[["mcc", "target_f1", "fdp_0.1"]].mean().unstack("method")
+    by_screen = per_screen(runs, ["mcc", "target_f1", "fdp_0.1"]).unstack("method")
     shown = [m for m in ("0.1 defaults", "no warm start", "l4 rotation", "l1 rotation", "l1 rotation, min_shift 1",
                          "l1 rotation, Beta prior", "defaults") if m in runs["method"].unique()]
     rounds = pd.DataFrame([{"method": m, "round": r, "what": what, "commit": commit, "variant": variant}
@@ -67,11 +66,11 @@ def main() -> pd.DataFrame:
              "## Summary on the screens each ran", "",
              "The ceiling ran on the three hardest screens (latents20, mixed_hard, paper) only.", "",
              markdown(summary), "",
-             "## Per screen: latent MCC", "", markdown(per_screen["mcc"][[m for m in shown if m in per_screen["mcc"]]]),
+             "## Per screen: latent MCC", "", markdown(by_screen["mcc"][[m for m in shown if m in by_screen["mcc"]]]),
              "", "## Per screen: target F1", "",
-             markdown(per_screen["target_f1"][[m for m in shown if m in per_screen["target_f1"]]]), ""]
+             markdown(by_screen["target_f1"][[m for m in shown if m in by_screen["target_f1"]]]), ""]
     (RESULTS / "ablations.md").write_text("\n".join(lines))
-    plotted = per_screen.loc[:, per_screen.columns.get_level_values(1).isin(shown)]
+    plotted = by_screen.loc[:, by_screen.columns.get_level_values(1).isin(shown)]
     _plot(plotted.reindex(columns=[(metric, m) for metric in ("mcc", "target_f1", "fdp_0.1") for m in shown
                                    if (metric, m) in plotted.columns]), RESULTS / "ablations.png")
     print(f"Wrote {RESULTS / 'ablations.md'} and .png")

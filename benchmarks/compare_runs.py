@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recovery_grid import RESULTS, markdown, read_runs, summarise
+from recovery_grid import RESULTS, markdown, per_screen, read_runs, summarise
 
 KEY = ["screen", "screen_seed", "fit_seed", "method"]
 
@@ -40,10 +40,9 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, held_out: set) -> list:
         sides = {label: summarise(runs[runs["screen"].isin(screens)]) for label, runs in (("before", before), ("after", after))}
         table = pd.concat(sides, names=["side"]).reorder_levels([1, 0]).sort_index()
         lines += [f"## {part} ({len(screens)})", "", markdown(table), ""]
-    grid = lambda runs: runs[runs["fit_seed"] == runs["screen_seed"]].groupby(["screen", "method"])[  # noqa: E731
-        ["mcc", "target_f1", "fdp_0.1"]].mean()
-    change = grid(before).join(grid(after), lsuffix=" before", rsuffix=" after")
-    for metric in ("mcc", "target_f1", "fdp_0.1"):
+    metrics = ["mcc", "target_f1", "fdp_0.1"]
+    change = per_screen(before, metrics).join(per_screen(after, metrics), lsuffix=" before", rsuffix=" after")
+    for metric in metrics:
         change[f"{metric} change"] = change[f"{metric} after"] - change[f"{metric} before"]
     lines += ["## Per screen (mean over the screen seeds)", "", markdown(change.sort_index(axis=1)), ""]
     return lines

@@ -302,15 +302,22 @@ def markdown(table: pd.DataFrame) -> str:
 GOALS = "MCC >= 0.9 and F1 >= 0.9 on >= 90% of screens, medians >= 0.95, median MCC >= none's + 0.15"
 
 
+def per_screen(runs: pd.DataFrame, columns) -> pd.DataFrame:
+    """The grid's fits (fit seed = screen seed) of ``runs``: per (screen, method), the mean of
+    ``columns`` over the screen's seeds. Every per-screen figure of the reports is one of these."""
+    grid = runs[runs["fit_seed"] == runs["screen_seed"]]
+    return grid.groupby(["screen", "method"])[list(columns)].mean()
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method: medians, share of screens meeting both bars (screen = mean over its two seeds)."""
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
-    per_screen = grid.groupby(["method", "screen"])[["mcc", "target_f1", "fdp_0.05", "fdp_0.1", "recall_0.05",
-                                                     "recall_0.1", "seconds"]].mean()
+    screens = per_screen(runs, ["mcc", "target_f1", "fdp_0.05", "fdp_0.1", "recall_0.05", "recall_0.1", "seconds"])
+    screens = screens.reorder_levels(["method", "screen"]).sort_index()
     agreement = seed_agreement(runs).set_index(["method", "screen"])
     rerotated = grid.groupby(["method", "screen"])["rerotated"].max() if "rerotated" in grid else None
     rows = []
-    for method, table in per_screen.groupby(level="method"):
+    for method, table in screens.groupby(level="method"):
         meets = (table["mcc"] >= 0.9) & (table["target_f1"] >= 0.9)
         rows.append({"method": method, "screens": len(table), "median_mcc": table["mcc"].median(),
                      "median_f1": table["target_f1"].median(), "share_meeting_bars": meets.mean(),
@@ -377,13 +384,13 @@ def _rule_lines(runs: pd.DataFrame, held_out: set) -> list:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for part, mask in (("development", ~grid["screen"].isin(held_out)), ("held out", grid["screen"].isin(held_out))):
         for method, table in grid[mask].groupby("method"):
-            per_screen = table.groupby("screen").mean(numeric_only=True)
+            screens = table.groupby("screen").mean(numeric_only=True)
             for fdr in FDRS:
-                new, old = per_screen[f"fdp_{fdr}"], per_screen[f"fdp_{fdr}_min_pip0"]
-                lines.append(f"| {part} | {method} | {len(per_screen)} | {fdr} | {new.mean():.3f} ({new.max():.3f}) | "
-                             f"{old.mean():.3f} ({old.max():.3f}) | {per_screen[f'recall_{fdr}'].mean():.3f} | "
-                             f"{per_screen[f'recall_{fdr}_min_pip0'].mean():.3f} | {per_screen[f'calls_{fdr}'].sum():.0f} | "
-                             f"{per_screen[f'calls_{fdr}_min_pip0'].sum():.0f} |")
+                new, old = screens[f"fdp_{fdr}"], screens[f"fdp_{fdr}_min_pip0"]
+                lines.append(f"| {part} | {method} | {len(screens)} | {fdr} | {new.mean():.3f} ({new.max():.3f}) | "
+                             f"{old.mean():.3f} ({old.max():.3f}) | {screens[f'recall_{fdr}'].mean():.3f} | "
+                             f"{screens[f'recall_{fdr}_min_pip0'].mean():.3f} | {screens[f'calls_{fdr}'].sum():.0f} | "
+                             f"{screens[f'calls_{fdr}_min_pip0'].sum():.0f} |")
     return lines + [""]
 
 
@@ -428,10 +435,10 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
 
     summary = summarise(runs)
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
-    per_screen = grid.groupby(["screen", "method"])[["mcc", "target_f1", "fdp_0.1", "recall_0.1", "seconds"]].mean()
     agreement = seed_agreement(runs).set_index(["screen", "method"])
-    per_screen = per_screen.join(agreement, how="left").unstack("method")
-    per_screen = per_screen.drop(columns=[c for c in per_screen.columns if per_screen[c].isna().all()])
+    by_screen = per_screen(runs, ["mcc", "target_f1", "fdp_0.1", "recall_0.1", "seconds"])
+    by_screen = by_screen.join(agreement, how="left").unstack("method")
+    by_screen = by_screen.drop(columns=[c for c in by_screen.columns if by_screen[c].isna().all()])
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
     held_out = set(grid_screens("held_out"))
@@ -452,21 +459,21 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     if agreement.empty:
         lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",
                   "measured on this page.", ""]
-    for part, screens in (("development screens", [s for s in per_screen.index if s not in held_out]),
-                          ("held-out screens", [s for s in per_screen.index if s in held_out])):
+    for part, screens in (("development screens", [s for s in by_screen.index if s not in held_out]),
+                          ("held-out screens", [s for s in by_screen.index if s in held_out])):
         if not screens:
             continue
         part_runs = runs[runs["screen"].isin(screens)]
         lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
     lines += _rule_lines(runs, held_out) + _calibration_lines(runs, held_out) + _restart_lines(runs, held_out)
-    lines += ["## Per screen (mean over the screen seeds)", "", markdown(per_screen), ""]
+    lines += ["## Per screen (mean over the screen seeds)", "", markdown(by_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
     has_calls = grid.groupby(["screen", "method"])["calls_0.1"].max().unstack("method") > 0
-    _plot(per_screen, has_calls, results / f"{name}.png")
+    _plot(by_screen, has_calls, results / f"{name}.png")
     print(f"Wrote {results / name}.md and .png")
 
 
-def _plot(per_screen: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None:
+def _plot(table: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None:
     """One panel per metric, a row per screen; ``has_calls`` ``[screens x methods]``: a fit with calls at
     fdr 0.1 (the FDP of a method without calls is not drawn)."""
     import matplotlib
@@ -476,22 +483,22 @@ def _plot(per_screen: pd.DataFrame, has_calls: pd.DataFrame, path: Path) -> None
 
     metrics_shown = [("mcc", "latent MCC"), ("target_f1", "target F1"), ("fdp_0.1", "realised FDP at fdr 0.1\n(fits with calls)"),
                      ("jaccard", "seed agreement (Jaccard)\nfilled: PIP > 0.5, hollow: FDR 0.1")]
-    present = set(per_screen.columns.get_level_values(0))
-    metrics_shown = [(m, t) for m, t in metrics_shown if m in present and per_screen[m].notna().any().any()]
-    methods = list(per_screen["mcc"].columns)
-    screens = list(per_screen.index)
+    present = set(table.columns.get_level_values(0))
+    metrics_shown = [(m, t) for m, t in metrics_shown if m in present and table[m].notna().any().any()]
+    methods = list(table["mcc"].columns)
+    screens = list(table.index)
     fig, axes = plt.subplots(1, len(metrics_shown), figsize=(4.2 * len(metrics_shown), 0.22 * len(screens) + 1.6),
                              sharey=True)
     y = np.arange(len(screens))
     for ax, (metric, title) in zip(axes, metrics_shown):
         for i, method in enumerate(methods):
-            if (metric, method) in per_screen.columns:
-                values = per_screen[(metric, method)]
+            if (metric, method) in table.columns:
+                values = table[(metric, method)]
                 if metric == "fdp_0.1":
                     values = values.where(has_calls[method].reindex(values.index, fill_value=False))
                 ax.scatter(values, y, s=14, label=method, marker="os^Dv<>"[i % 7], color=f"C{i}")
-            if metric == "jaccard" and ("jaccard_fdr", method) in per_screen.columns:  # hollow: the FDR calls
-                ax.scatter(per_screen[("jaccard_fdr", method)], y, s=22, marker="os^Dv<>"[i % 7], facecolors="none",
+            if metric == "jaccard" and ("jaccard_fdr", method) in table.columns:  # hollow: the FDR calls
+                ax.scatter(table[("jaccard_fdr", method)], y, s=22, marker="os^Dv<>"[i % 7], facecolors="none",
                            edgecolors=f"C{i}", label=f"{method}, target_calls(fdr=0.1)")
         if metric in ("mcc", "target_f1", "jaccard"):
             ax.axvline(0.9, color="0.5", lw=0.8, ls="--")
