@@ -4,6 +4,8 @@
     python benchmarks/recovery_grid.py --part held_out                  # the screens kept aside
     python benchmarks/recovery_grid.py --part all --methods spike_and_slab none gaussian sketch
     python benchmarks/recovery_grid.py --screens base shift2 --methods ceiling --name ceiling
+    python benchmarks/recovery_grid.py --part all --report-only --take benchmarks/results/NAME_runs.jsonl
+                                        # NAME's methods (a re-run after a change) replace this page's
 
 Every screen is simulated with seeds 0 and 1 and fitted with the same seed (``fit(adata, n_latent=K)``,
 defaults otherwise); for the seed agreement, the seed-0 screen is fitted once more with seed 1 by the
@@ -259,6 +261,17 @@ def read_runs(path: Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
+def take_runs(path: Path, other: Path) -> None:
+    """Rewrite the runs file ``path``: the runs of every method that ``other`` (a runs file) has are
+    replaced by ``other``'s, the other methods' runs kept as they are."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    taken = [json.loads(line) for line in other.read_text().splitlines() if line.strip()]
+    methods = {row["method"] for row in taken}
+    kept = [row for row in rows if row["method"] not in methods]
+    path.write_text("".join(json.dumps(row, default=float) + "\n" for row in kept + taken))
+    print(f"{path.name}: {len(rows) - len(kept)} runs of {', '.join(sorted(methods))} replaced by {len(taken)} from {other}")
+
+
 def _seed_pairs(runs: pd.DataFrame):
     """``(screen, method, run of fit seed 0, run of fit seed 1)`` for each seed-0 screen fitted with both."""
     for (screen, method), group in runs[runs["screen_seed"] == 0].groupby(["screen", "method"]):
@@ -451,7 +464,7 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
              "every other `fit` setting at its default; one CPU thread per fit, two fits at a time. MCC: mean |correlation| of matched",
              "latents; F1 of targets at PIP > 0.5; FDP / recall: realised false discovery proportion and recall of",
              "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5; `jaccard_fdr`: of `target_calls(fdr=0.1)`)",
-             "of fit seeds 0 and 1 on the seed-0 screen; `rerotated`: screens where `fit` rotated a converged fit again.",
+             "of fit seeds 0 and 1 on the seed-0 screen; `rerotated`: screens where `fit` rotated a settled fit again.",
              f"Goals: {GOALS}.", ""]
     if "rescored" in runs and runs["rescored"].fillna(False).astype(bool).any():
         lines += [f"{int(runs['rescored'].fillna(False).astype(bool).sum())} runs were recorded before `target_calls` "
@@ -533,6 +546,9 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--rescore", action="store_true",
                         help="rescore runs recorded before target_calls had min_pip (exact, from their stored calls)")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the runs file and the report")
+    parser.add_argument("--take", metavar="RUNS_FILE",
+                        help="replace the runs of the methods in RUNS_FILE (another name's runs, e.g. a re-run of "
+                             "spike_and_slab after a change) with RUNS_FILE's, keeping every other method's")
     args = parser.parse_args(argv)
     if args.variants:
         _load_variants(args.variants)
@@ -543,6 +559,8 @@ def main(argv=None) -> pd.DataFrame:
     if args.rescore and path.exists():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         path.write_text("".join(json.dumps(rescore(row), default=float) + "\n" for row in rows))
+    if args.take:
+        take_runs(path, Path(args.take))
     runs = read_runs(path)
     done = set() if runs.empty else set(map(tuple, runs[["screen", "screen_seed", "fit_seed", "method"]].to_numpy()))
     jobs = [] if args.report_only else _jobs(screens, args.methods, set(args.stability), done, args.seeds)

@@ -1,0 +1,50 @@
+"""The grid benchmark's bookkeeping (``benchmarks/recovery_grid.py``): its per-screen figures and
+how a re-run of one method replaces that method's runs. No fits: rows made by hand."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def recovery_grid():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import recovery_grid
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return recovery_grid
+
+
+def _row(screen, screen_seed, fit_seed, method, mcc):
+    return {"screen": screen, "screen_seed": screen_seed, "fit_seed": fit_seed, "method": method, "mcc": mcc}
+
+
+def test_per_screen_averages_the_screen_seeds_of_the_grid_fits_only(recovery_grid):
+    runs = pd.DataFrame([_row("base", 0, 0, "a", 0.9), _row("base", 1, 1, "a", 0.8),
+                         _row("base", 0, 1, "a", 0.1),  # the seed-agreement fit: not a grid fit
+                         _row("paper", 0, 0, "a", 0.5), _row("base", 0, 0, "b", 0.7)])
+    table = recovery_grid.per_screen(runs, ["mcc"])
+    assert table.index.names == ["screen", "method"]
+    assert table.loc[("base", "a"), "mcc"] == pytest.approx(0.85)
+    assert table.loc[("paper", "a"), "mcc"] == 0.5 and table.loc[("base", "b"), "mcc"] == 0.7
+    assert len(table) == 3
+
+
+def test_take_runs_replaces_the_runs_of_the_methods_the_other_file_has(recovery_grid, tmp_path):
+    page, rerun = tmp_path / "grid_runs.jsonl", tmp_path / "rerun_runs.jsonl"
+    page.write_text("".join(json.dumps(r) + "\n" for r in [
+        _row("base", 0, 0, "spike_and_slab", 0.9), _row("paper", 0, 0, "spike_and_slab", 0.8),
+        _row("base", 0, 0, "none", 0.5)]))
+    rerun.write_text(json.dumps(_row("base", 0, 0, "spike_and_slab", 0.95)) + "\n")
+    recovery_grid.take_runs(page, rerun)
+    runs = recovery_grid.read_runs(page)
+    assert sorted(map(tuple, runs[["screen", "method"]].to_numpy())) == [("base", "none"), ("base", "spike_and_slab")]
+    assert np.allclose(runs.set_index("method").loc[["none", "spike_and_slab"], "mcc"], [0.5, 0.95])
+    assert rerun.read_text().count("\n") == 1  # the other file is read, not changed
