@@ -164,7 +164,7 @@ def write(summary: pd.DataFrame, table: pd.DataFrame, priors: list, groups, phen
     timing = timing.groupby("prior").agg(fit_seconds=("fit_seconds", "mean"), epochs=("epochs", "mean"),
                                          rerotated=("rerotated", "sum"), groups=("epochs", "size"))
     lines += ["## Fit time per prior (mean over groups, one CPU thread)", "",
-              "`re-rotated`: fits that `fit` rotated again once converged (a second sparse stage; docs/training.md).", "",
+              "`re-rotated`: fits that `fit` rotated again once settled (a second sparse stage; docs/training.md).", "",
               "| prior | fit seconds | epochs | re-rotated |", "|---|---|---|---|"]
     lines += [f"| {p} | {r['fit_seconds']:.0f} | {r['epochs']:.0f} | {r['rerotated']:.0f} of {r['groups']:.0f} |"
               for p, r in timing.iterrows()]

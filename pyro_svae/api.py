@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import warnings
 from dataclasses import asdict
 from typing import Callable, Optional, Union
@@ -135,8 +136,9 @@ def fit(
         its origin to the median shift), then fit ``prior`` from there (:mod:`pyro_svae.warm_start`).
         The likelihood does not tell rotated latent axes apart, only the sparsity of the shifts
         does: from a random start a fit keeps its axes rotated (on the simulator's grid, latent MCC
-        0.6-0.9 instead of 0.95). After a fit that converged (early stopping ended it), if the
-        cells' mean latents per perturbation are
+        0.6-0.9 instead of 0.95). After a fit that settled (early stopping ended it, or its sparse
+        stage ran at least :data:`pyro_svae.warm_start.SETTLED_STEPS` steps, as every fit at the
+        default ``max_epochs="auto"`` does), if the cells' mean latents per perturbation are
         sparser in axes rotated more than 18 degrees from the model's (two latents left mixed,
         :func:`pyro_svae.warm_start.residual_rotation`), the latent space is rotated once more and
         the prior fitted again from there (``stage`` ``"re-rotated"`` in the history; a second fit's
@@ -255,8 +257,10 @@ def fit(
                                adata=adata)
         raise
     model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
-    latent = None  # the cells' posterior means, computed once for the checks below (of converged fits only)
-    if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and len(history) < train_config.max_epochs:
+    latent = None  # the cells' posterior means, computed once for the checks below (of settled fits only)
+    steps_per_epoch = math.ceil(len(train_cells) / batch_size)
+    if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and \
+            warm.has_settled(len(history), train_config.max_epochs, steps_per_epoch):
         latent = model.get_latent(adata)
         rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
         if closeness < warm.REROTATE_BELOW:

@@ -21,11 +21,15 @@ from .factory import build
 from .train import train
 
 __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "residual_rotation", "without_prior_params",
-           "remaining", "join_histories", "was_rerotated", "REROTATE_BELOW"]
+           "remaining", "join_histories", "was_rerotated", "has_settled", "REROTATE_BELOW", "SETTLED_STEPS"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
 #: (|cos| of the angle to its nearest axis, 0.95 = 18 degrees) marks two or more mixed latents.
 REROTATE_BELOW = 0.95
+#: A sparse stage that ran this many optimisation steps has settled, whether or not early stopping
+#: ended it (``max_epochs="auto"`` gives the sparse stage about 9,800, 70% of ``train.TARGET_STEPS``):
+#: a fit still mixed after that many steps stays mixed, while one of a few epochs may still be moving.
+SETTLED_STEPS = 7000
 
 
 def sparsest_rotation(delta: np.ndarray, n_starts: int = 10, steps: int = 500, eps: float = 0.05,
@@ -174,7 +178,14 @@ def join_histories(histories):
     return pd.concat(frames, ignore_index=True)
 
 
+def has_settled(n_epochs: int, max_epochs: int, steps_per_epoch: int) -> bool:
+    """Whether a sparse stage of ``n_epochs`` (of ``max_epochs``, ``steps_per_epoch`` steps each) has
+    settled enough for :func:`residual_rotation` to judge it: early stopping ended it, or it ran at
+    least :data:`SETTLED_STEPS` steps."""
+    return n_epochs < max_epochs or n_epochs * steps_per_epoch >= SETTLED_STEPS
+
+
 def was_rerotated(history) -> bool:
-    """Whether ``fit`` rotated a converged fit again (:func:`residual_rotation`): its history has a
+    """Whether ``fit`` rotated a settled fit again (:func:`residual_rotation`): its history has a
     ``re-rotated`` stage, a second sparse stage after the rotation."""
     return bool("stage" in history and (history["stage"] == "re-rotated").any())

@@ -11,13 +11,15 @@ re-rotation of a fit left with mixed latents: MCC 0.887 without it).
 """
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 
 SLICE = ("base", "shift2", "targets3")
-SCREEN_SEED = 2
+#: another screen seed checks that the goals hold beyond one: PYRO_SVAE_SLICE_SEED=3 pytest tests/test_recovery.py
+SCREEN_SEED = int(os.environ.get("PYRO_SVAE_SLICE_SEED", "2"))
 
 
 def _fit(screen: str, prior: str, fit_seed: int, path: str) -> str:

@@ -111,6 +111,26 @@ def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, capl
     assert np.allclose(plain.get_latent(), pyro_svae.fit(adata, **{**FAST, "max_epochs": 10}).get_latent())
 
 
+def test_a_sparse_stage_has_settled_when_it_stopped_early_or_ran_enough_steps():
+    steps = warm_start.SETTLED_STEPS
+    assert warm_start.has_settled(40, 100, 1)  # early stopping ended it
+    assert not warm_start.has_settled(100, 100, steps // 100 - 1)  # every epoch, too few steps
+    assert warm_start.has_settled(100, 100, steps // 100)  # every epoch, enough steps
+
+
+def test_fit_rerotates_a_fit_that_used_every_epoch_once_it_has_settled(monkeypatch):
+    # most fits at the default max_epochs="auto" use every epoch (the validation ELBO creeps up to
+    # the end): they are checked as a converged fit is, once the sparse stage ran SETTLED_STEPS steps
+    adata = make_screen(n_perturbations=8, n_latent=3)
+    every_epoch = {**FAST, "max_epochs": 10, "early_stopping": False}  # 7 sparse epochs of 4 steps
+    monkeypatch.setattr(warm_start, "REROTATE_BELOW", 1.01)  # every checked fit counts as mixed
+    assert not warm_start.was_rerotated(pyro_svae.fit(adata, **every_epoch).history)  # 28 steps: not settled
+    monkeypatch.setattr(warm_start, "SETTLED_STEPS", 28)
+    model = pyro_svae.fit(adata, **every_epoch)
+    assert warm_start.was_rerotated(model.history)
+    assert (model.history["stage"] == "re-rotated").sum() == 7
+
+
 def test_was_rerotated_reads_the_stages_of_a_history():
     stages = [pd.DataFrame({"epoch": [0, 1], "stage": "dense"}), pd.DataFrame({"epoch": [2, 3]})]
     assert not warm_start.was_rerotated(warm_start.join_histories(stages))  # dense, then sparse
