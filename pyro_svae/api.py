@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import warnings
 from dataclasses import asdict
 from typing import Callable, Optional, Union
@@ -136,15 +135,13 @@ def fit(
         its origin to the median shift), then fit ``prior`` from there (:mod:`pyro_svae.warm_start`).
         The likelihood does not tell rotated latent axes apart, only the sparsity of the shifts
         does: from a random start a fit keeps its axes rotated (on the simulator's grid, latent MCC
-        0.6-0.9 instead of 0.95). After a fit that settled (early stopping ended it, or its sparse
-        stage ran at least :data:`pyro_svae.warm_start.SETTLED_STEPS` steps, as every fit at the
-        default ``max_epochs="auto"`` does), if the cells' mean latents per perturbation are
-        sparser in axes rotated more than 18 degrees from the model's (two latents left mixed,
+        0.6-0.9 instead of 0.95). Once the fit settled (early stopping, or 7,000 sparse steps:
+        :func:`pyro_svae.warm_start.has_settled`), if the cells' mean latents per perturbation are
+        sparser in axes rotated more than 18 degrees (latents left mixed,
         :func:`pyro_svae.warm_start.residual_rotation`), the latent space is rotated once more and
-        the prior fitted again from there (``stage`` ``"re-rotated"`` in the history; a second fit's
-        time, on the few screens where it happens; only perturbations that move a latent by 0.5 SD
-        or more count, and at least ``2 * n_latent`` of them are needed). ``None``: fit ``prior``
-        from the start.
+        the prior fitted again (``stage`` ``"re-rotated"``; a second fit's time, where it happens;
+        it needs ``2 * n_latent`` perturbations that move a latent by 0.5 SD or more). ``None``:
+        fit ``prior`` from the start.
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
@@ -258,9 +255,8 @@ def fit(
         raise
     model = SVAE(components, params, history=history, train_config=train_config, device=device, adata=adata)
     latent = None  # the cells' posterior means, computed once for the checks below (of settled fits only)
-    steps_per_epoch = math.ceil(len(train_cells) / batch_size)
     if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and \
-            warm.has_settled(len(history), train_config.max_epochs, steps_per_epoch):
+            warm.has_settled(len(history), train_config, len(train_cells)):
         latent = model.get_latent(adata)
         rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
         if closeness < warm.REROTATE_BELOW:

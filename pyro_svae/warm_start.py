@@ -12,6 +12,7 @@ dictionary) aligns the axes, and the sparse prior then trains from there.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -178,11 +179,12 @@ def join_histories(histories):
     return pd.concat(frames, ignore_index=True)
 
 
-def has_settled(n_epochs: int, max_epochs: int, steps_per_epoch: int) -> bool:
-    """Whether a sparse stage of ``n_epochs`` (of ``max_epochs``, ``steps_per_epoch`` steps each) has
-    settled enough for :func:`residual_rotation` to judge it: early stopping ended it, or it ran at
-    least :data:`SETTLED_STEPS` steps."""
-    return n_epochs < max_epochs or n_epochs * steps_per_epoch >= SETTLED_STEPS
+def has_settled(n_epochs: int, train_config, n_train: int) -> bool:
+    """Whether a sparse stage of ``n_epochs`` under ``train_config`` (on ``n_train`` training cells)
+    has settled enough for :func:`residual_rotation` to judge it: early stopping ended it before
+    ``max_epochs``, or it ran at least :data:`SETTLED_STEPS` optimisation steps."""
+    steps_per_epoch = math.ceil(n_train / train_config.batch_size)
+    return n_epochs < train_config.max_epochs or n_epochs * steps_per_epoch >= SETTLED_STEPS
 
 
 def was_rerotated(history) -> bool:

@@ -9,6 +9,7 @@ import torch
 import pyro_svae
 from pyro_svae import warm_start
 from pyro_svae.nets import Networks
+from pyro_svae.train import TrainConfig
 
 from .conftest import FAST, make_screen
 
@@ -112,10 +113,11 @@ def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, capl
 
 
 def test_a_sparse_stage_has_settled_when_it_stopped_early_or_ran_enough_steps():
-    steps = warm_start.SETTLED_STEPS
-    assert warm_start.has_settled(40, 100, 1)  # early stopping ended it
-    assert not warm_start.has_settled(100, 100, steps // 100 - 1)  # every epoch, too few steps
-    assert warm_start.has_settled(100, 100, steps // 100)  # every epoch, enough steps
+    config = TrainConfig(batch_size=10, max_epochs=100)
+    cells = warm_start.SETTLED_STEPS // 100 * 10  # SETTLED_STEPS / 100 steps per epoch
+    assert warm_start.has_settled(40, config, 10)  # early stopping ended it
+    assert not warm_start.has_settled(100, config, cells - 10)  # every epoch, too few steps
+    assert warm_start.has_settled(100, config, cells)  # every epoch, enough steps
 
 
 def test_fit_rerotates_a_fit_that_used_every_epoch_once_it_has_settled(monkeypatch):
