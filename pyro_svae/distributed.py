@@ -17,7 +17,6 @@ with :func:`pyro_svae.prior_refit.refit_prior`, here on every cell.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -32,7 +31,7 @@ from .factory import Components, build, create_params, layout_of
 from .prior_refit import refit_prior
 from .svae import SVAE
 from .runtime import DataOnDevice, param_scope
-from .train import TrainConfig
+from .train import TrainConfig, steps_per_epoch
 
 __all__ = ["fit"]
 
@@ -142,8 +141,7 @@ def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = 
     with param_scope(params):
         create_params(components, "cpu")
     world = devices * num_nodes if isinstance(devices, int) else len(devices) * num_nodes
-    steps_per_epoch = math.ceil(screen.n_cells / (batch_size * world))
-    module = SVAEModule(screen, components, params, train_config, steps_per_epoch)
+    module = SVAEModule(screen, components, params, train_config, steps_per_epoch(screen.n_cells, batch_size * world))
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                          max_epochs=max_epochs, gradient_clip_val=train_config.clip_norm,
                          gradient_clip_algorithm="value", logger=False, enable_checkpointing=False,

@@ -24,7 +24,7 @@ from .factory import Components
 from .optim import MultiTensorClippedAdam
 from .runtime import DataOnDevice, flush_denormals, param_scope
 
-__all__ = ["TrainConfig", "TrainingDiverged", "auto_max_epochs", "split_cells", "train"]
+__all__ = ["TrainConfig", "TrainingDiverged", "auto_max_epochs", "split_cells", "steps_per_epoch", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,14 @@ class TrainConfig:
     objective: str = "fused"
 
 
+def steps_per_epoch(n_cells: int, batch_size: int) -> int:
+    """Optimisation steps of one epoch over ``n_cells`` cells in minibatches of ``batch_size`` (the last one partial)."""
+    return math.ceil(n_cells / batch_size)
+
+
 def auto_max_epochs(n_cells: int, batch_size: int) -> int:
     """Epochs that give about :data:`TARGET_STEPS` steps, between 50 and 1000."""
-    steps_per_epoch = max(1, math.ceil(n_cells / batch_size))
-    return int(min(1000, max(50, round(TARGET_STEPS / steps_per_epoch))))
+    return int(min(1000, max(50, round(TARGET_STEPS / max(1, steps_per_epoch(n_cells, batch_size))))))
 
 
 def split_cells(n_cells: int, validation_fraction: float, rng: np.random.Generator):
@@ -189,8 +193,8 @@ def train(
 
     # ClippedAdam's updates, bit for bit, with multi-tensor kernels (pyro_svae.optim)
     optimizer = MultiTensorClippedAdam(optim_args)
-    steps_per_epoch = math.ceil(len(train_index) / config.batch_size)
-    warmup_steps = config.kl_warmup_epochs * steps_per_epoch
+    epoch_steps = steps_per_epoch(len(train_index), config.batch_size)
+    warmup_steps = config.kl_warmup_epochs * epoch_steps
     rows, best, best_elbo, since_best, step, first_epoch, best_epoch = [], None, -math.inf, 0, 0, 0, None
     stopped_early = False
     nets.to(device)
@@ -245,7 +249,7 @@ def train(
                 epoch_loss, epoch_cells = epoch_loss.item(), epoch_cells.item()
                 # the training cells' ELBO is read off the steps themselves (as the parameters moved
                 # during the epoch), not from a second pass over the data
-                row = {"epoch": epoch + epoch_offset, "loss": epoch_loss / steps_per_epoch / n_train,
+                row = {"epoch": epoch + epoch_offset, "loss": epoch_loss / epoch_steps / n_train,
                        "train_elbo": epoch_cells / n_train, "validation_elbo": np.nan, "kl_weight": kl_weight}
                 if n_val:
                     row["validation_elbo"] = _mean_elbo(cell_elbos, on_device, val_index, 4 * config.batch_size)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 from typing import Optional, Union
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from .data import _labels, _members, read_screen
 from .factory import Components, Layout, build, create_params
 from .runtime import param_scope
-from .train import TrainConfig, train
+from .train import TrainConfig, steps_per_epoch, train
 
 __all__ = ["transfer", "TRANSFER_STEPS"]
 
@@ -98,8 +97,8 @@ def transfer(components: Components, params: dict, adata_new, train_config: Trai
         return result, new_params, None
     n_cells = screen.n_cells
     batch_size = min(batch_size, n_cells)
-    steps_per_epoch = math.ceil(n_cells / batch_size)
-    epochs = max(1, round(TRANSFER_STEPS / steps_per_epoch)) if max_epochs == "auto" else int(max_epochs)
+    epochs = max(1, round(TRANSFER_STEPS / steps_per_epoch(n_cells, batch_size))) if max_epochs == "auto" \
+        else int(max_epochs)
     config_new = TrainConfig(batch_size=batch_size, max_epochs=epochs, kl_warmup_epochs=0, validation_fraction=0.0,
                              early_stopping=False, seed=seed, prior_lr=train_config.prior_lr if lr is None else lr)
     logger.info("Transferring to %d new perturbations on %d cells (%d epochs; parameters fitted: %s).",

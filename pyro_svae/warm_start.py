@@ -12,14 +12,13 @@ dictionary) aligns the axes, and the sparse prior then trains from there.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .factory import build
-from .train import train
+from .train import steps_per_epoch, train
 
 __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "residual_rotation", "without_prior_params",
            "remaining", "join_histories", "was_rerotated", "has_settled", "REROTATE_BELOW", "SETTLED_STEPS"]
@@ -183,8 +182,8 @@ def has_settled(n_epochs: int, train_config, n_train: int) -> bool:
     """Whether a sparse stage of ``n_epochs`` under ``train_config`` (on ``n_train`` training cells)
     has settled enough for :func:`residual_rotation` to judge it: early stopping ended it before
     ``max_epochs``, or it ran at least :data:`SETTLED_STEPS` optimisation steps."""
-    steps_per_epoch = math.ceil(n_train / train_config.batch_size)
-    return n_epochs < train_config.max_epochs or n_epochs * steps_per_epoch >= SETTLED_STEPS
+    steps = n_epochs * steps_per_epoch(n_train, train_config.batch_size)
+    return n_epochs < train_config.max_epochs or steps >= SETTLED_STEPS
 
 
 def was_rerotated(history) -> bool:
