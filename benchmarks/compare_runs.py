@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recovery_grid import RESULTS, markdown, per_screen, read_runs, summarise
+from recovery_grid import RESULTS, by_part, markdown, per_screen, read_runs, summarise
 
 KEY = ["screen", "screen_seed", "fit_seed", "method"]
 
@@ -29,17 +29,15 @@ def shared_fits(before: pd.DataFrame, after: pd.DataFrame):
     return pick(before), pick(after)
 
 
-def compare(before: pd.DataFrame, after: pd.DataFrame, held_out: set) -> list:
-    """Markdown lines: the two sides' summaries per part and the per-screen changes."""
+def compare(before: pd.DataFrame, after: pd.DataFrame) -> list:
+    """Markdown lines: the two sides' summaries per part of the grid and the per-screen changes."""
     before, after = shared_fits(before, after)
     lines = [f"{len(after)} fits in both files.", ""]
-    for part, keep in (("development screens", lambda s: s not in held_out), ("held-out screens", lambda s: s in held_out)):
-        screens = sorted(s for s in after["screen"].unique() if keep(s))
-        if not screens:
-            continue
+    for part, rows in by_part(after):
+        screens = sorted(rows["screen"].unique())
         sides = {label: summarise(runs[runs["screen"].isin(screens)]) for label, runs in (("before", before), ("after", after))}
         table = pd.concat(sides, names=["side"]).reorder_levels([1, 0]).sort_index()
-        lines += [f"## {part} ({len(screens)})", "", markdown(table), ""]
+        lines += [f"## {part} screens ({len(screens)})", "", markdown(table), ""]
     metrics = ["mcc", "target_f1", "fdp_0.1"]
     change = per_screen(before, metrics).join(per_screen(after, metrics), lsuffix=" before", rsuffix=" after")
     for metric in metrics:
@@ -49,8 +47,6 @@ def compare(before: pd.DataFrame, after: pd.DataFrame, held_out: set) -> list:
 
 
 def main(argv=None) -> None:
-    from pyro_svae.datasets import grid_screens
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before")
     parser.add_argument("after")
@@ -60,7 +56,7 @@ def main(argv=None) -> None:
     before, after = read_runs(Path(args.before)), read_runs(Path(args.after))
     command = "python benchmarks/compare_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"# {args.name}: `{args.before}` against `{args.after}`", "", f"`{command}`", ""]
-    lines += compare(before, after, set(grid_screens("held_out")))
+    lines += compare(before, after)
     path = Path(args.results) / f"{args.name}.md"
     path.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -2,6 +2,7 @@
 
     python benchmarks/recovery_grid.py --part dev                       # the screens defaults are chosen on
     python benchmarks/recovery_grid.py --part held_out                  # the screens kept aside
+    python benchmarks/recovery_grid.py --part fresh                     # drawn later, seen by no choice
     python benchmarks/recovery_grid.py --part all --methods spike_and_slab none gaussian sketch
     python benchmarks/recovery_grid.py --screens base shift2 --methods ceiling --name ceiling
     python benchmarks/recovery_grid.py --part all --report-only --take benchmarks/results/NAME_runs.jsonl
@@ -313,6 +314,18 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 GOALS = "MCC >= 0.9 and F1 >= 0.9 on >= 90% of screens, medians >= 0.95, median MCC >= none's + 0.15"
+#: The grid's parts as the reports name them, in their order (``pyro_svae.datasets.grid.part_of``).
+PARTS = {"dev": "development", "held_out": "held-out", "fresh": "fresh held-out"}
+
+
+def by_part(table: pd.DataFrame):
+    """``(part name, rows)`` of ``table`` (a ``screen`` column) for each grid part it has, in :data:`PARTS`' order."""
+    from pyro_svae.datasets.grid import part_of
+
+    parts = table["screen"].map(part_of)
+    for part, name in PARTS.items():
+        if (parts == part).any():
+            yield name, table[parts == part]
 
 
 def per_screen(runs: pd.DataFrame, columns) -> pd.DataFrame:
@@ -363,7 +376,7 @@ def restart_choice(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
+def _restart_lines(runs: pd.DataFrame) -> list:
     choice = restart_choice(runs)
     if choice.empty:
         return []
@@ -372,8 +385,8 @@ def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
              "(`SVAE.elbo`), `best`: the better by MCC + F1. Share: screens meeting both bars (MCC and F1 >= 0.9).", "",
              "| part | method | screens | median MCC seed 0 / chosen / best | median F1 seed 0 / chosen / best | "
              "share seed 0 / chosen / best | ELBO picked the better |", "|---|---|---|---|---|---|---|"]
-    for part, mask in (("development", ~choice["screen"].isin(held_out)), ("held out", choice["screen"].isin(held_out))):
-        for method, table in choice[mask].groupby("method"):
+    for part, rows in by_part(choice):
+        for method, table in rows.groupby("method"):
             share = [((table[f"mcc_{k}"] >= 0.9) & (table[f"f1_{k}"] >= 0.9)).mean() for k in ("seed0", "chosen", "best")]
             lines.append(f"| {part} | {method} | {len(table)} | "
                          + " / ".join(f"{table[f'mcc_{k}'].median():.3f}" for k in ("seed0", "chosen", "best")) + " | "
@@ -385,7 +398,7 @@ def _restart_lines(runs: pd.DataFrame, held_out: set) -> list:
     return lines + [""]
 
 
-def _rule_lines(runs: pd.DataFrame, held_out: set) -> list:
+def _rule_lines(runs: pd.DataFrame) -> list:
     """The default FDR calls (PIP > 0.5) against the plain Bayesian FDR rule (``min_pip=0``), same fits."""
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
     if "fdp_0.1_min_pip0" not in grid or grid["fdp_0.1_min_pip0"].isna().all():
@@ -395,8 +408,8 @@ def _rule_lines(runs: pd.DataFrame, held_out: set) -> list:
              "The same fits; per screen the mean over its seeds, then the mean (max) over screens.", "",
              "| part | method | screens | fdr | FDP default | FDP plain | recall default | recall plain | calls default | calls plain |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for part, mask in (("development", ~grid["screen"].isin(held_out)), ("held out", grid["screen"].isin(held_out))):
-        for method, table in grid[mask].groupby("method"):
+    for part, rows in by_part(grid):
+        for method, table in rows.groupby("method"):
             screens = table.groupby("screen").mean(numeric_only=True)
             for fdr in FDRS:
                 new, old = screens[f"fdp_{fdr}"], screens[f"fdp_{fdr}_min_pip0"]
@@ -410,12 +423,12 @@ def _rule_lines(runs: pd.DataFrame, held_out: set) -> list:
 PIP_BINS = (0.0, 0.02, 0.1, 0.5, 0.9, 0.98, 1.0)
 
 
-def calibration(runs: pd.DataFrame, held_out: set) -> pd.DataFrame:
+def calibration(runs: pd.DataFrame) -> pd.DataFrame:
     """Per part, method and PIP bin: how many (perturbation, latent) entries, their mean PIP and the
     share that are true targets (in the true latents' coordinates; unmatched latents count as false)."""
     rows = []
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
-    for _, run in grid.iterrows():
+    for part, run in ((part, run) for part, table in by_part(grid) for _, run in table.iterrows()):
         if not isinstance(run.get("aligned_pips"), list):
             continue
         pips = np.asarray(run["aligned_pips"])
@@ -423,7 +436,7 @@ def calibration(runs: pd.DataFrame, held_out: set) -> pd.DataFrame:
         truth[:, :len(run["true_targets"][0])] = np.asarray(run["true_targets"], bool)
         bins = np.clip(np.digitize(pips, PIP_BINS[1:-1]), 0, len(PIP_BINS) - 2)
         for b in range(len(PIP_BINS) - 1):
-            rows.append({"part": "held out" if run["screen"] in held_out else "development", "method": run["method"],
+            rows.append({"part": part, "method": run["method"],
                          "bin": f"[{PIP_BINS[b]}, {PIP_BINS[b + 1]}{']' if b == len(PIP_BINS) - 2 else ')'}",
                          "n": int((bins == b).sum()), "pip_sum": float(pips[bins == b].sum()),
                          "true": int(truth[bins == b].sum())})
@@ -434,8 +447,8 @@ def calibration(runs: pd.DataFrame, held_out: set) -> pd.DataFrame:
                         share_true=table["true"] / table["n"].clip(lower=1)).drop(columns="pip_sum")
 
 
-def _calibration_lines(runs: pd.DataFrame, held_out: set) -> list:
-    table = calibration(runs, held_out)
+def _calibration_lines(runs: pd.DataFrame) -> list:
+    table = calibration(runs)
     if table.empty:
         return []
     return ["## Calibration of the inclusion probabilities", "",
@@ -444,8 +457,6 @@ def _calibration_lines(runs: pd.DataFrame, held_out: set) -> list:
 
 
 def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
-    from pyro_svae.datasets import grid_screens
-
     summary = summarise(runs)
     grid = runs[runs["fit_seed"] == runs["screen_seed"]]
     agreement = seed_agreement(runs).set_index(["screen", "method"])
@@ -454,7 +465,6 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     by_screen = by_screen.drop(columns=[c for c in by_screen.columns if by_screen[c].isna().all()])
     pd.set_option("display.width", 250)
     print(summary.round(3).to_string())
-    held_out = set(grid_screens("held_out"))
     seeds = "; ".join(f"{method} {', '.join(map(str, sorted(values)))}"
                       for method, values in grid.groupby("method")["screen_seed"].unique().items())
     lines = [f"# Recovery across the grid of simulated screens ({name})", "", f"`{command}` (the latest; every run in "
@@ -472,13 +482,9 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
     if agreement.empty:
         lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",
                   "measured on this page.", ""]
-    for part, screens in (("development screens", [s for s in by_screen.index if s not in held_out]),
-                          ("held-out screens", [s for s in by_screen.index if s in held_out])):
-        if not screens:
-            continue
-        part_runs = runs[runs["screen"].isin(screens)]
-        lines += [f"## Summary: {part} ({len(screens)})", "", markdown(summarise(part_runs)), ""]
-    lines += _rule_lines(runs, held_out) + _calibration_lines(runs, held_out) + _restart_lines(runs, held_out)
+    for part, part_runs in by_part(runs):
+        lines += [f"## Summary: {part} screens ({part_runs['screen'].nunique()})", "", markdown(summarise(part_runs)), ""]
+    lines += _rule_lines(runs) + _calibration_lines(runs) + _restart_lines(runs)
     lines += ["## Per screen (mean over the screen seeds)", "", markdown(by_screen), ""]
     (results / f"{name}.md").write_text("\n".join(lines))
     has_calls = grid.groupby(["screen", "method"])["calls_0.1"].max().unstack("method") > 0
@@ -533,7 +539,7 @@ def main(argv=None) -> pd.DataFrame:
     from pyro_svae.datasets import grid_screens
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", default="dev", choices=["dev", "held_out", "all"])
+    parser.add_argument("--part", default="dev", choices=["dev", "held_out", "fresh", "all"])
     parser.add_argument("--screens", nargs="+", help="screen names (default: every screen of --part)")
     parser.add_argument("--methods", nargs="+", default=["spike_and_slab", "none", "gaussian", "sketch"])
     parser.add_argument("--stability", nargs="*", default=["spike_and_slab"],

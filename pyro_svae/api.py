@@ -131,17 +131,16 @@ def fit(
         quarter of ``max_epochs``, at least 30.
     warm_start : {"rotate", None}
         ``"rotate"`` (default): spend ``warm_start_fraction`` of the epochs fitting dense Gaussian
-        shifts, rotate the latent space to make them sparsest (and, without control cells, move
-        its origin to the median shift), then fit ``prior`` from there (:mod:`pyro_svae.warm_start`).
-        The likelihood does not tell rotated latent axes apart, only the sparsity of the shifts
-        does: from a random start a fit keeps its axes rotated (on the simulator's grid, latent MCC
-        0.6-0.9 instead of 0.95). Once the fit settled (early stopping, or 7,000 sparse steps:
-        :func:`pyro_svae.warm_start.has_settled`), if the cells' mean latents per perturbation are
-        sparser in axes rotated more than 18 degrees (latents left mixed,
-        :func:`pyro_svae.warm_start.residual_rotation`), the latent space is rotated once more and
-        the prior fitted again (``stage`` ``"re-rotated"``; a second fit's time, where it happens;
-        it needs ``2 * n_latent`` perturbations that move a latent by 0.5 SD or more). ``None``:
-        fit ``prior`` from the start.
+        shifts, rotate the latent space to make them sparsest and move its origin to the control
+        cells' mean latent (without controls, to the median shift), then fit ``prior`` from there
+        (:mod:`pyro_svae.warm_start`). The likelihood does not tell rotated latent axes apart, only
+        the sparsity of the shifts does: from a random start a fit keeps its axes rotated (on the
+        simulator's grid, latent MCC 0.6-0.9 instead of 0.95). Once the fit settled (early stopping,
+        or 7,000 sparse steps: :func:`pyro_svae.warm_start.has_settled`), if the cells' mean latents
+        per perturbation are sparser in axes rotated more than 18 degrees (latents left mixed,
+        :func:`pyro_svae.warm_start.residual_rotation`; needs ``2 * n_latent`` perturbations moving
+        a latent by 0.5 SD), it is rotated again and the prior refitted (``stage`` ``"re-rotated"``;
+        a second fit's time). ``None``: fit ``prior`` from the start.
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
@@ -260,11 +259,12 @@ def fit(
         latent = model.get_latent(adata)
         rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
         if closeness < warm.REROTATE_BELOW:
-            # stuck with mixed latents: rotate to the sparsest axes and fit the prior again from there
             logger.info("The fitted shifts are sparser in axes rotated up to %.0f degrees from the model's (latents "
-                        "mixed): rotating and fitting the prior again.", np.degrees(np.arccos(closeness)))
+                        "mixed): rotating (origin at the controls) and fitting the prior again.",
+                        np.degrees(np.arccos(closeness)))
             stages.append(history)
-            warm.rotate_networks(components.nets, rotation)
+            warm.rotate_networks(components.nets, rotation,
+                                 warm.control_origin(latent, screen.perturbations, screen.n_perturbations) @ rotation)
             params = warm.without_prior_params(params, components)
             history = train(screen, components, config=train_config, params=params, device=device,
                             progress=progress, on_epoch_end=track if track_targets else None,

@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 
 from .factory import build
+from .prior_refit import label_statistics
 from .train import steps_per_epoch, train
 
-__all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "residual_rotation", "without_prior_params",
+__all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "control_origin", "residual_rotation",
+           "without_prior_params",
            "remaining", "join_histories", "was_rerotated", "has_settled", "REROTATE_BELOW", "SETTLED_STEPS"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
@@ -99,8 +101,13 @@ def rotate_networks(nets, rotation: np.ndarray, translation=None) -> None:
 
 def dense_rotated_start(components, screen, train_config, fraction: float, device, progress: bool = False):
     """Fit dense Gaussian shifts with ``components``' networks for ``fraction`` of the epochs, then
-    rotate the networks so that the shifts are sparsest (and, on a screen without control cells,
-    move the origin to the median shift).
+    rotate the networks so that the shifts are sparsest, and move the origin to the control cells'
+    mean latent (on a screen without control cells, to each latent's median shift).
+
+    The controls' prior is ``Normal(0, I)``, but a few percent of the cells pin that origin, and a
+    dense fit of a few epochs may leave them several SDs off it along one direction (every shift
+    then carries the same offset, which the sparsest rotation would align with an axis: a latent
+    shifted by every perturbation). So the shifts are measured from the controls' mean latent.
 
     Returns ``(params, history, n_dense, typical_shift)``: the parameters to continue from (the
     networks' and the likelihood's, without the dense prior's), the dense fit's history, its epochs,
@@ -116,15 +123,28 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
                     params=params, device=device, progress=progress)
     (shift,) = dense.sites
     delta = params["params"][shift.params["locs"]].detach().cpu().numpy()  # the guide's mean shifts [P, K]
-    rotation = sparsest_rotation(delta, seed=train_config.seed)
-    # control cells pin the origin (their shift is 0); without them the origin is free, and the
-    # dense prior puts it at the mean shift: move it to each latent's median shift, which is 0
-    # when fewer than half the perturbations target a latent
-    translation = None if (screen.perturbations == screen.n_perturbations).all(1).any() else np.median(delta @ rotation, 0)
+    controls = np.flatnonzero((np.asarray(screen.perturbations) == screen.n_perturbations).all(1))
+    if len(controls):
+        _, n_cells, sums = label_statistics(components, screen, device, cells=controls)
+        origin = (sums.sum(0) / n_cells.sum()).cpu().numpy().astype(delta.dtype)  # the controls' mean latent [K]
+        rotation = sparsest_rotation(delta - origin, seed=train_config.seed)
+        translation = origin @ rotation
+    else:  # the origin is free, and the dense prior puts it at the mean shift: move it to each latent's
+        # median shift, which is 0 when fewer than half the perturbations target a latent
+        rotation = sparsest_rotation(delta, seed=train_config.seed)
+        translation = np.median(delta @ rotation, 0)
     rotate_networks(components.nets, rotation, translation)
-    aligned = delta @ rotation - (0.0 if translation is None else translation)
+    aligned = delta @ rotation - translation
     typical_shift = float(np.median(np.abs(aligned).max(1)))
     return without_prior_params(params, dense), history, n_dense, typical_shift
+
+
+def control_origin(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5):
+    """Where the shifts of a fitted model's cells are measured from: the mean ``[K]`` of ``latent``
+    ``[N, K]`` over the control cells (``codes`` ``[N, M]`` all padding, ``n_perturbations``), or
+    zeros (the prior's origin) with fewer than ``min_cells`` of them."""
+    control = (np.asarray(codes) == n_perturbations).all(1)
+    return latent[control].mean(0) if control.sum() >= min_cells else np.zeros(latent.shape[1], latent.dtype)
 
 
 def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5,
@@ -133,7 +153,8 @@ def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: in
 
     The shift of a perturbation is estimated by the mean posterior latent of its cells that carry
     it alone (``codes`` ``[N, M]`` padded with ``n_perturbations``; perturbations with fewer than
-    ``min_cells`` such cells are left out): under ``z ~ Normal(delta, I)`` it is ``delta``, whatever
+    ``min_cells`` such cells are left out), less the control cells' mean latent where the screen
+    has them (:func:`control_origin`): under ``z ~ Normal(delta, I)`` it is ``delta``, whatever
     the prior. Only shifts that move some latent by ``min_shift`` prior SDs or more pin the axes
     (a perturbation without a phenotype has a mean latent of sampling noise, which any rotation
     fits as well): with fewer than twice as many of them as latents the sparsest rotation is not
@@ -147,6 +168,7 @@ def residual_rotation(latent: np.ndarray, codes: np.ndarray, n_perturbations: in
     label = np.where(single, codes.min(1), -1)
     rows = np.array([latent[label == p].mean(0) for p in range(n_perturbations)
                      if (label == p).sum() >= min_cells]).reshape(-1, latent.shape[1])  # [P', K]
+    rows = rows - control_origin(latent, codes, n_perturbations, min_cells)
     if (np.abs(rows).max(1, initial=0.0) >= min_shift).sum() < 2 * latent.shape[1]:
         return np.eye(latent.shape[1]), 1.0
     rotation = sparsest_rotation(rows, seed=seed)

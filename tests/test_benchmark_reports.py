@@ -48,3 +48,12 @@ def test_take_runs_replaces_the_runs_of_the_methods_the_other_file_has(recovery_
     assert sorted(map(tuple, runs[["screen", "method"]].to_numpy())) == [("base", "none"), ("base", "spike_and_slab")]
     assert np.allclose(runs.set_index("method").loc[["none", "spike_and_slab"], "mcc"], [0.5, 0.95])
     assert rerun.read_text().count("\n") == 1  # the other file is read, not changed
+
+
+def test_by_part_splits_rows_by_grid_part_in_order(recovery_grid):
+    runs = pd.DataFrame([_row("fresh3", 0, 0, "a", 0.9), _row("held_out0", 0, 0, "a", 0.8),
+                         _row("base", 0, 0, "a", 0.7), _row("paper", 1, 1, "a", 0.6)])
+    parts = list(recovery_grid.by_part(runs))
+    assert [name for name, _ in parts] == ["development", "held-out", "fresh held-out"]
+    assert [sorted(rows["screen"]) for _, rows in parts] == [["base", "paper"], ["held_out0"], ["fresh3"]]
+    assert [name for name, _ in recovery_grid.by_part(runs.iloc[:1])] == ["fresh held-out"]

@@ -259,3 +259,21 @@ def test_highly_variable_genes_never_picks_an_unobserved_gene():
     assert table["highly_variable"].sum() == 5 and not table.loc[2, "highly_variable"]
     with pytest.raises(ValueError, match="n_top_genes"):
         highly_variable_genes(counts, n_top_genes=0)
+
+
+def test_grid_parts_are_disjoint_and_the_fresh_part_is_drawn_anew():
+    from pyro_svae.datasets import grid
+
+    parts = {part: grid.grid_screens(part) for part in ("dev", "held_out", "fresh")}
+    assert [len(parts[p]) for p in ("held_out", "fresh")] == [8, 8]
+    assert sum(map(len, parts.values())) == len(grid.grid_screens("all"))
+    specs = [tuple(sorted(spec.items())) for spec in parts["held_out"].values()]
+    assert not any(tuple(sorted(spec.items())) in specs for spec in parts["fresh"].values())  # other draws
+    assert all(grid.part_of(name) == part for part, screens in parts.items() for name in screens)
+    for spec in parts["fresh"].values():  # within the ranges the development screens span
+        assert 4 <= spec["n_latent"] <= 20 and 20 <= spec["n_perturbations"] <= 200
+        assert 1.5 <= spec["shift_size"] <= 5.0 and 500 <= spec["library_size"] <= 10000
+    with pytest.raises(KeyError, match="fresh0"):
+        grid.part_of("fresh_0")
+    with pytest.raises(ValueError, match="fresh"):
+        grid.grid_screens("later")

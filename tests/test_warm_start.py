@@ -66,11 +66,17 @@ def _latents_with_shifts(delta, cells=30, seed=0):
     return latent, np.concatenate([np.pad(codes, ((0, 0), (0, 1)), constant_values=n_perturbations), pair])
 
 
+def _sparse_shifts(rng, n_perturbations=24, n_latent=4):
+    """Shifts ``[P, K]`` of one or two targets each, of about 3 SD."""
+    sparse = np.zeros((n_perturbations, n_latent))
+    for row in sparse:
+        row[rng.choice(n_latent, rng.integers(1, 3), replace=False)] = rng.choice([-1, 1]) * rng.normal(3, 0.5)
+    return sparse
+
+
 def test_residual_rotation_tells_mixed_latents_from_aligned_ones():
     rng = np.random.default_rng(0)
-    sparse = np.zeros((24, 4))
-    for row in sparse:
-        row[rng.choice(4, rng.integers(1, 3), replace=False)] = rng.choice([-1, 1]) * rng.normal(3, 0.5)
+    sparse = _sparse_shifts(rng)
     latent, codes = _latents_with_shifts(sparse)
     _, closeness = warm_start.residual_rotation(latent, codes, 24)
     assert closeness > 0.99  # at its sparsest already
@@ -94,6 +100,42 @@ def test_residual_rotation_tells_mixed_latents_from_aligned_ones():
     assert warm_start.residual_rotation(mixed_latent @ mix, mixed_codes, 38)[1] < warm_start.REROTATE_BELOW
 
 
+def test_residual_rotation_measures_the_shifts_from_the_control_cells():
+    rng = np.random.default_rng(0)
+    sparse = _sparse_shifts(rng)
+    latent, codes = _latents_with_shifts(sparse)
+    controls = 0.3 * rng.normal(size=(60, 4))
+    latent, codes = np.concatenate([latent, controls]), np.concatenate([codes, np.full((60, 2), 24)])
+    assert np.allclose(warm_start.control_origin(latent, codes, 24), controls.mean(0))
+    assert np.array_equal(warm_start.control_origin(latent[:-60], codes[:-60], 24), np.zeros(4))  # no controls
+    # every cell off the origin by the same dense offset, the controls too (a fit whose controls left
+    # the origin): measured from the controls, the shifts are as sparse as they were
+    offset = np.array([2.0, -2.0, 2.0, 2.0])
+    _, closeness = warm_start.residual_rotation(latent + offset, codes, 24)
+    assert closeness > 0.99
+    # measured from 0 instead, the shared offset looks like one more target of every perturbation
+    _, from_zero = warm_start.residual_rotation((latent + offset)[:-60], codes[:-60], 24)
+    assert from_zero < warm_start.REROTATE_BELOW
+
+
+def test_the_warm_start_moves_the_origin_to_the_control_cells(monkeypatch):
+    adata = make_screen(n_perturbations=8, n_latent=3)
+    counts = torch.as_tensor(np.asarray(adata.X)[(adata.obs["perturbation"] == "control").to_numpy()],
+                             dtype=torch.float32)
+    origins = []
+    dense_rotated_start = warm_start.dense_rotated_start
+
+    def spy(components, *args, **kwargs):
+        result = dense_rotated_start(components, *args, **kwargs)
+        with torch.no_grad():
+            origins.append(components.nets.encoder(counts)[0].mean(0).numpy())  # the controls' mean latent
+        return result
+
+    monkeypatch.setattr(warm_start, "dense_rotated_start", spy)
+    pyro_svae.fit(adata, **{**FAST, "max_epochs": 10})
+    assert len(origins) == 1 and np.abs(origins[0]).max() < 1e-4, origins
+
+
 def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, caplog):
     adata = make_screen(n_perturbations=8, n_latent=3)
     converging = {**FAST, "max_epochs": 300, "patience": 3}  # early stopping ends the sparse stage
@@ -102,7 +144,7 @@ def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, capl
     assert "re-rotated" not in set(pyro_svae.fit(adata, **{**FAST, "max_epochs": 10}).history["stage"])
     with caplog.at_level("INFO", logger="pyro_svae"):
         model = pyro_svae.fit(adata, **converging)
-    assert "rotating and fitting the prior again" in caplog.text
+    assert "rotating (origin at the controls) and fitting the prior again" in caplog.text
     stages = model.history["stage"]
     assert list(stages.unique()) == ["dense", "sparse", "re-rotated"] and (stages == "dense").sum() == 90
     assert model.history["epoch"].tolist() == list(range(len(model.history)))
