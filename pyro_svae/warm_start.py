@@ -123,7 +123,7 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
                     params=params, device=device, progress=progress)
     (shift,) = dense.sites
     delta = params["params"][shift.params["locs"]].detach().cpu().numpy()  # the guide's mean shifts [P, K]
-    controls = np.flatnonzero((np.asarray(screen.perturbations) == screen.n_perturbations).all(1))
+    controls = np.flatnonzero(_is_control(screen.perturbations, screen.n_perturbations))
     if len(controls):
         _, n_cells, sums = label_statistics(components, screen, device, cells=controls)
         origin = (sums.sum(0) / n_cells.sum()).cpu().numpy().astype(delta.dtype)  # the controls' mean latent [K]
@@ -139,11 +139,16 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     return without_prior_params(params, dense), history, n_dense, typical_shift
 
 
+def _is_control(codes, n_perturbations: int) -> np.ndarray:
+    """Which cells ``[N]`` are controls: their perturbation codes ``[N, M]`` are all padding."""
+    return (np.asarray(codes) == n_perturbations).all(1)
+
+
 def control_origin(latent: np.ndarray, codes: np.ndarray, n_perturbations: int, min_cells: int = 5):
     """Where the shifts of a fitted model's cells are measured from: the mean ``[K]`` of ``latent``
     ``[N, K]`` over the control cells (``codes`` ``[N, M]`` all padding, ``n_perturbations``), or
     zeros (the prior's origin) with fewer than ``min_cells`` of them."""
-    control = (np.asarray(codes) == n_perturbations).all(1)
+    control = _is_control(codes, n_perturbations)
     return latent[control].mean(0) if control.sum() >= min_cells else np.zeros(latent.shape[1], latent.dtype)
 
 

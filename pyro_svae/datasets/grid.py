@@ -95,11 +95,14 @@ HELD_OUT: Dict[str, dict] = _draw_held_out()
 #: failure: the fix is checked here, on screens that no choice has seen.
 FRESH: Dict[str, dict] = _draw_held_out(seed=2027, prefix="fresh")
 
+#: The grid's parts, in order.
+_PARTS = {"dev": DEV, "held_out": HELD_OUT, "fresh": FRESH}
+
 
 def grid_screens(part: str = "dev") -> Dict[str, dict]:
     """The screens of ``part`` (``"dev"``, ``"held_out"``, ``"fresh"`` or ``"all"``): name ->
     :func:`simulate` arguments."""
-    parts = {"dev": DEV, "held_out": HELD_OUT, "fresh": FRESH, "all": {**DEV, **HELD_OUT, **FRESH}}
+    parts = {**_PARTS, "all": {name: spec for screens in _PARTS.values() for name, spec in screens.items()}}
     if part not in parts:
         raise ValueError(f"Expected part to be one of {sorted(parts)}, but got {part!r}.")
     return dict(parts[part])
@@ -107,7 +110,7 @@ def grid_screens(part: str = "dev") -> Dict[str, dict]:
 
 def part_of(name: str) -> str:
     """The part (``"dev"``, ``"held_out"`` or ``"fresh"``) the grid screen ``name`` belongs to."""
-    for part, screens in (("dev", DEV), ("held_out", HELD_OUT), ("fresh", FRESH)):
+    for part, screens in _PARTS.items():
         if name in screens:
             return part
     raise KeyError(f"{name!r} is not a grid screen; expected one of {sorted(grid_screens('all'))}.")
