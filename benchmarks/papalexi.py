@@ -148,6 +148,19 @@ def _stages(history) -> str:
     return ", ".join(f"{stage} {n}" for stage, n in counts.items())
 
 
+def previous_selection(page: Path) -> list:
+    """The ``Choosing n_latent`` section of an earlier ``page`` (``--skip-selection`` keeps it), marked as
+    earlier; none if the page has none."""
+    text = page.read_text() if page.exists() else ""
+    if "## Choosing n_latent" not in text:
+        return []
+    section = text.split("## Choosing n_latent", 1)[1].split("\n## ", 1)[0].strip("\n").splitlines()
+    note = "Kept from an earlier run of this script (this one ran with `--skip-selection`): "
+    if not section[0].startswith("Kept from an earlier run"):
+        section = [note + "the code and defaults may have changed since.", ""] + section
+    return ["## Choosing n_latent", ""] + section + [""]
+
+
 def report(table, fitted, transfer, selection, args):
     calls = fitted["calls"]
     by_knockout = calls.sort_values("latent").groupby("perturbation")  # each knockout's calls in latent order
@@ -194,6 +207,8 @@ def report(table, fitted, transfer, selection, args):
                   "batch_key='bio_rep')`: 80% of each label's cells fit, 20% score; two seeds. Recommended "
                   f"from: {selection.attrs.get('criterion', 'all settings')}.", "",
                   markdown(selection.set_index("n_latent")), ""]
+    else:
+        lines += previous_selection(RESULTS / "papalexi.md")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "papalexi.md").write_text("\n".join(lines))
 

@@ -476,8 +476,8 @@ def report(runs: pd.DataFrame, results: Path, name: str, command: str) -> None:
              "`target_calls(fdr)`; Jaccard: agreement of the calls (PIP > 0.5; `jaccard_fdr`: of `target_calls(fdr=0.1)`)",
              "of fit seeds 0 and 1 on the seed-0 screen; `rerotated`: screens where `fit` rotated a settled fit again.",
              f"Goals: {GOALS}.", ""]
-    if "rescored" in runs and runs["rescored"].fillna(False).astype(bool).any():
-        lines += [f"{int(runs['rescored'].fillna(False).astype(bool).sum())} runs were recorded before `target_calls` "
+    if "rescored" in runs and runs["rescored"].eq(True).any():
+        lines += [f"{int(runs['rescored'].eq(True).sum())} runs were recorded before `target_calls` "
                   "had `min_pip`; their FDR calls were rescored exactly from the calls they stored (`--rescore`).", ""]
     if agreement.empty:
         lines += ["No method was fitted twice on a screen here (`--stability`), so the seed agreement is not",

@@ -119,7 +119,7 @@ def fit(
         Keyword options of the prior, e.g. ``{"min_shift": 1.0}`` for ``spike_and_slab``.
     likelihood : {"nb", "zinb", "poisson"}
     max_epochs, kl_warmup_epochs : int or "auto"
-        ``"auto"``: about 14,000 optimisation steps (50 to 1,000 epochs), warm-up over the first
+        ``"auto"``: about 28,000 optimisation steps (50 to 2,000 epochs), warm-up over the first
         fortieth of them.
     lr, prior_lr : float
         Learning rates of the networks and of the prior's guide parameters.

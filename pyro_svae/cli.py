@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--likelihood", choices=LIKELIHOOD_NAMES, default="nb",
                      help=f"count likelihood: {', '.join(LIKELIHOOD_NAMES)} (default: nb)")
     fit.add_argument("--max-epochs", type=_epochs, default="auto", metavar="N|auto",
-                     help="epochs, or auto: about 14,000 steps, 50 to 1,000 epochs (default: auto)")
+                     help="epochs, or auto: about 28,000 steps, 50 to 2,000 epochs (default: auto)")
     fit.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="cells per step (default: 256)")
     fit.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
                      help="fit from seeds SEED to SEED+N-1, keep the highest ELBO; N times the time (default: 1)")

@@ -29,7 +29,7 @@ __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "contr
 #: (|cos| of the angle to its nearest axis, 0.95 = 18 degrees) marks two or more mixed latents.
 REROTATE_BELOW = 0.95
 #: A sparse stage that ran this many optimisation steps has settled, whether or not early stopping
-#: ended it (``max_epochs="auto"`` gives the sparse stage about 9,800, 70% of ``train.TARGET_STEPS``):
+#: ended it (``max_epochs="auto"`` gives the sparse stage about 19,600, 70% of ``train.TARGET_STEPS``):
 #: a fit still mixed after that many steps stays mixed, while one of a few epochs may still be moving.
 SETTLED_STEPS = 7000
 

@@ -197,8 +197,8 @@ def test_models_saved_by_0_1_still_load(prior):
 
 
 def test_steps_per_epoch_count_the_last_partial_minibatch_and_set_the_auto_epochs():
-    from pyro_svae.train import TARGET_STEPS, auto_max_epochs, steps_per_epoch
+    from pyro_svae.train import AUTO_EPOCHS, TARGET_STEPS, auto_max_epochs, steps_per_epoch
 
     assert [steps_per_epoch(n, 256) for n in (1, 256, 257, 4300)] == [1, 1, 2, 17]
     assert auto_max_epochs(4300, 256) == round(TARGET_STEPS / 17)
-    assert auto_max_epochs(10, 256) == 1000 and auto_max_epochs(10**7, 256) == 50  # the bounds
+    assert (auto_max_epochs(10**7, 256), auto_max_epochs(10, 256)) == AUTO_EPOCHS == (50, 2000)  # the bounds

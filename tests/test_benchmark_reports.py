@@ -57,3 +57,21 @@ def test_by_part_splits_rows_by_grid_part_in_order(recovery_grid):
     assert [name for name, _ in parts] == ["development", "held-out", "fresh held-out"]
     assert [sorted(rows["screen"]) for _, rows in parts] == [["base", "paper"], ["held_out0"], ["fresh3"]]
     assert [name for name, _ in recovery_grid.by_part(runs.iloc[:1])] == ["fresh held-out"]
+
+
+def test_papalexi_skip_selection_keeps_the_earlier_selection_table_marked_as_earlier(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from papalexi import previous_selection
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    page = tmp_path / "papalexi.md"
+    assert previous_selection(page) == []  # no earlier page
+    page.write_text("# P\n\n## Calls\n\ntext\n\n## Choosing n_latent\n\nhow\n\n| a |\n|---|\n| 6 |\n\n## Later\n\nx\n")
+    kept = previous_selection(page)
+    assert kept[0] == "## Choosing n_latent" and kept[2].startswith("Kept from an earlier run")
+    assert kept[4:] == ["how", "", "| a |", "|---|", "| 6 |", ""]  # the section only, not the next one
+    page.write_text("\n".join(kept))  # kept twice: marked once
+    assert previous_selection(page) == kept
+    page.write_text("# P\n\n## Calls\n")
+    assert previous_selection(page) == []

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import numpy as np
 import pandas as pd
 
-__all__ = ["axes_or_new", "cluster_order", "active_latents", "tick_fontsize"]
+__all__ = ["axes_or_new", "cluster_order", "active_latents", "tick_fontsize", "HORIZONTAL_VIOLINS"]
+
+#: ``violinplot`` keywords for horizontal violins: ``orientation`` from Matplotlib 3.10, where ``vert``
+#: is deprecated; ``vert=False`` before it
+HORIZONTAL_VIOLINS = ({"orientation": "horizontal"}
+                      if tuple(int(part) for part in version("matplotlib").split(".")[:2]) >= (3, 10)
+                      else {"vert": False})
 
 
 def axes_or_new(ax, figsize=(5, 3.5)):

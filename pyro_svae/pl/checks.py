@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._common import tick_fontsize
+from ._common import HORIZONTAL_VIOLINS, tick_fontsize
 
 __all__ = ["ppc", "latent"]
 
@@ -116,7 +116,7 @@ def latent(model, adata, n_perturbations: int = 6, latents=None, key: str = "X_s
         top = [str(p) for p in strongest.index[strongest >= min_shift][:n_perturbations]]
         groups = [g for g in ([control] if control is not None else []) + top if (labels == g).any()]
         if groups:
-            a.violinplot([z[labels == g, k] for g in groups], vert=False, showmedians=True, widths=0.8)
+            a.violinplot([z[labels == g, k] for g in groups], showmedians=True, widths=0.8, **HORIZONTAL_VIOLINS)
             a.set_yticks(range(1, len(groups) + 1), groups, fontsize=tick_fontsize(len(groups), 90))
             a.invert_yaxis()
         if control is not None and (labels == control).any():
