@@ -44,6 +44,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="demo_output", help="folder for the PNG files")
     parser.add_argument("--priors", default="spike_and_slab,gaussian,none")
     parser.add_argument("--max-epochs", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="the fits' seed (the screen stays the same)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the same numbers on any machine "
                         "with the same torch build)")
     args = parser.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         baseline = {} if prior == "spike_and_slab" else {"warm_start": None}  # the baselines as they are
         model = fit(adata, n_latent=DEMO_SCREEN["n_latent"], prior=prior, max_epochs=max_epochs, progress=False,
-                    **baseline)
+                    seed=args.seed, **baseline)
         results[prior] = {**recovery(model, adata), "epochs": len(model.history), "seconds": time.perf_counter() - start}
         if prior == "spike_and_slab":
             fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})

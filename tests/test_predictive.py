@@ -238,10 +238,14 @@ def test_posterior_predictive_is_calibrated_on_the_simulator(demo_fits):
     assert abs(library["predicted"].mean() / library["observed"].mean() - 1) < 0.05
 
 
-def test_demo_writes_its_figures(tmp_path, capsys):
+def test_demo_writes_its_figures(tmp_path, capsys, monkeypatch):
     from pyro_svae import demo
 
-    results = demo.main(["--out", str(tmp_path), "--priors", "spike_and_slab", "--max-epochs", "2"])
+    seeds = []
+    fit = demo.fit
+    monkeypatch.setattr(demo, "fit", lambda *args, **kwargs: seeds.append(kwargs["seed"]) or fit(*args, **kwargs))
+    results = demo.main(["--out", str(tmp_path), "--priors", "spike_and_slab", "--max-epochs", "2", "--seed", "3"])
+    assert seeds == [3]  # --seed reaches the fit
     assert set(results) == {"spike_and_slab"} and np.isfinite(results["spike_and_slab"]["mcc"])
     assert (tmp_path / "spike_and_slab.png").stat().st_size > 10_000
     assert (tmp_path / "posterior_predictive.png").stat().st_size > 10_000
