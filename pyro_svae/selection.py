@@ -11,6 +11,7 @@ IWELBO among those whose latents are all active and whose calls agree (Jaccard >
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -88,7 +89,11 @@ def recommend(table: pd.DataFrame, min_agreement: float = 0.8) -> pd.DataFrame:
     """Mark the recommended row of a :func:`select_model` table (``recommended``): the best held-out
     IWELBO among the settings whose latents are all active and whose seeds agree. If none qualify,
     the agreement is dropped first (a setting with silent latents is larger than the screen needs,
-    whatever its IWELBO), then the activity. ``attrs["criterion"]`` says which pool was used."""
+    whatever its IWELBO), then the activity. ``attrs["criterion"]`` says which pool was used.
+
+    When the recommended setting is the sweep's largest ``n_latent`` and has the best held-out
+    IWELBO of all rows, the sweep has not found where adding latents stops helping:
+    ``attrs["at_largest"]`` is True and a ``UserWarning`` says to extend ``n_latent``."""
     table = table.reset_index(drop=True)
     all_active = table["active_latents"] == table["n_latent"]
     pools = [("all latents active, seeds agree", all_active & (table["agreement"] >= min_agreement)),
@@ -97,4 +102,11 @@ def recommend(table: pd.DataFrame, min_agreement: float = 0.8) -> pd.DataFrame:
     criterion, keep = next((name, keep) for name, keep in pools if keep.any())
     marked = table.assign(recommended=table.index == table.loc[keep, "heldout_iwelbo"].idxmax())
     marked.attrs["criterion"] = criterion
+    chosen = marked.loc[marked["recommended"]].iloc[0]
+    marked.attrs["at_largest"] = bool(table["n_latent"].nunique() > 1 and chosen["n_latent"] == table["n_latent"].max()
+                                      and chosen["heldout_iwelbo"] >= table["heldout_iwelbo"].max())
+    if marked.attrs["at_largest"]:
+        warnings.warn(f"The recommended n_latent={int(chosen['n_latent'])} is the largest of the sweep and has its "
+                      "best held-out IWELBO: a larger n_latent may describe the screen better; extend n_latent.",
+                      UserWarning, stacklevel=2)
     return marked

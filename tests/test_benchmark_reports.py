@@ -75,3 +75,30 @@ def test_papalexi_skip_selection_keeps_the_earlier_selection_table_marked_as_ear
     assert previous_selection(page) == kept
     page.write_text("# P\n\n## Calls\n")
     assert previous_selection(page) == []
+
+
+def test_decoder_gain_sides_swap_when_a_latent_and_its_decoder_weights_are_mirrored():
+    """``benchmarks/decoder_gain.side_gains``: the decoder of ``-z_k`` with latent k's input weights
+    negated is the same map, so latent k's low and high sides (and its flat side) swap exactly and
+    nothing else changes."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import decoder_gain
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from pyro_svae.datasets import simulate
+
+    adata = simulate(n_perturbations=8, n_latent=3, n_genes=30, n_cells_per_perturbation=40, n_control=40,
+                     decoder_layers=2, seed=3)
+    before = decoder_gain.side_gains(adata, n_cells=200)
+    mirrored = adata.copy()
+    mirrored.obsm["z_true"][:, 1] *= -1
+    mirrored.uns["true_decoder"] = {**adata.uns["true_decoder"], "w0": adata.uns["true_decoder"]["w0"].copy()}
+    mirrored.uns["true_decoder"]["w0"][1] *= -1
+    after = decoder_gain.side_gains(mirrored, n_cells=200)
+    assert after.loc[1, "gain_low"] == pytest.approx(before.loc[1, "gain_high"])
+    assert after.loc[1, "gain_high"] == pytest.approx(before.loc[1, "gain_low"])
+    assert after.loc[1, "flatness"] == pytest.approx(before.loc[1, "flatness"])
+    assert {after.loc[1, "flat_side"], before.loc[1, "flat_side"]} == {"low", "high"}
+    pd.testing.assert_frame_equal(after.drop(index=1), before.drop(index=1))
+    assert (before["flatness"] == before[["gain_low", "gain_high"]].min(1) / before["gain_centre"]).all()

@@ -1,5 +1,7 @@
 """Choosing n_latent and the sparsity: latent activity, agreement of calls, the selection table."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -67,10 +69,28 @@ def test_recommend_relaxes_agreement_before_activity():
     table = pd.DataFrame({"n_latent": [6, 8, 12], "heldout_iwelbo": [-185.4, -185.2, -185.1],
                           "agreement": [0.9, 0.6, 0.6], "active_latents": [6, 8, 9]})
     marked = selection.recommend(table)  # 6 is the only one that qualifies on both
-    assert list(marked["recommended"]) == [True, False, False]
+    assert list(marked["recommended"]) == [True, False, False] and not marked.attrs["at_largest"]
     assert marked.attrs["criterion"] == "all latents active, seeds agree"
     marked = selection.recommend(table.assign(agreement=0.5))  # none agree: the best fully active one
     assert list(marked["recommended"]) == [False, True, False] and "no setting" in marked.attrs["criterion"]
-    marked = selection.recommend(table.assign(active_latents=[5, 7, 9], agreement=0.5))
+    with pytest.warns(UserWarning, match="n_latent=12 is the largest of the sweep"):
+        marked = selection.recommend(table.assign(active_latents=[5, 7, 9], agreement=0.5))
     assert list(marked["recommended"]) == [False, False, True] and "IWELBO" in marked.attrs["criterion"]
+    assert marked.attrs["at_largest"]
     assert list(table.columns) == ["n_latent", "heldout_iwelbo", "agreement", "active_latents"]  # input untouched
+
+
+def test_recommend_says_when_the_largest_n_latent_is_best_but_not_when_it_is_chosen_with_a_worse_iwelbo():
+    table = pd.DataFrame({"n_latent": [6, 8, 12], "heldout_iwelbo": [-185.4, -185.0, -185.1],
+                          "agreement": [0.5, 0.5, 0.9], "active_latents": [6, 8, 12]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 12 is chosen for its agreement, but 8 predicts better: no warning
+        marked = selection.recommend(table)
+    assert list(marked["recommended"]) == [False, False, True] and not marked.attrs["at_largest"]
+    with pytest.warns(UserWarning, match="extend n_latent"):
+        marked = selection.recommend(table.assign(heldout_iwelbo=[-185.4, -185.2, -185.1]))
+    assert marked.attrs["at_largest"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one n_latent, several min_shift: no sweep over n_latent to extend
+        single = selection.recommend(table.assign(n_latent=8, agreement=0.9, active_latents=8))
+    assert not single.attrs["at_largest"]
