@@ -154,7 +154,7 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
     scores = metrics.target_scores(pips.to_numpy(), true_targets, matching)
     row = {"screen": screen, "screen_seed": screen_seed, "fit_seed": fit_seed, "method": method,
            "mcc": metrics.mcc(latent, truth), **{f"target_{k}": v for k, v in scores.items()},
-           # the terms of the MCC, in the true latents' order (benchmarks/decoder_gain.py reads them per latent)
+           # the terms of the MCC, in the true latents' order: which latents a fit recovers worst
            "latent_correlations": matching.correlations[np.argsort(matching.true_index)].round(4).tolist(),
            "epochs": len(model.history), "seconds": seconds,
            # a second sparse stage (warm_start.residual_rotation), and the ELBO restarts would be chosen by
