@@ -23,8 +23,8 @@ recipe reported in the issue tracker (straight-through Bernoulli masks under a B
 prior, 30x weight on the mask KL, masks initialised on, 500 epochs, no warm start); ``ceiling``,
 ``fit``'s defaults given the true targets (masks fixed to the truth, only the shifts learned, from a
 random start: a warm start would permute the latents away from the masks' order); and
-``supervised``, the package's encoder trained by regression on the true latents: the MCC the counts
-allow at all, whatever the model. ``--variants FILE``
+``supervised``, the package's encoder trained by regression on the true latents from the counts alone
+(no bound: fits exceed it on some screens; ``oracle_ceiling.py`` computes the bound). ``--variants FILE``
 adds methods from a Python file defining ``VARIANTS = {name: fit keyword arguments}``.
 
 Finished fits are appended to ``benchmarks/results/<name>_runs.jsonl`` and skipped when run again,
@@ -96,7 +96,8 @@ def _method_options(method: str, adata) -> dict:
 
 def supervised_ceiling(adata, seed: int = 0, steps: int = 6000) -> float:
     """MCC of the package's encoder trained on the true latents (MSE, 90% of the cells, scored on
-    the rest): how much the counts say about ``z`` at all, whatever the model."""
+    the rest). An estimate that ignores the label and is limited by its own training, so no bound on
+    a fit's MCC; :func:`pyro_svae.datasets.true_posterior` gives the bound."""
     import torch
 
     from pyro_svae import metrics

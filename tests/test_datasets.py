@@ -143,7 +143,7 @@ def test_papalexi_defaults_call_the_knockouts_with_a_phenotype(papalexi_path):
 def test_papalexi_missing_columns_are_named(tmp_path):
     path, _ = _papalexi_layout(tmp_path, drop=["grna_frac"])
     assert papalexi2021(path).n_obs > 0  # grna_frac only needed for the purity filter
-    with pytest.raises(KeyError, match=r"lacks column\(s\) \['grna_frac'\].*columns present: \['perturbation', 'bio_rep'\]"):
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['grna_frac'\].*columns present: \['perturbation', 'true_library', 'bio_rep'\]"):
         papalexi2021(path, min_guide_fraction=0.8)
     path, _ = _papalexi_layout(tmp_path, drop=["bio_rep"])
     with pytest.raises(KeyError, match="'bio_rep'"):

@@ -109,6 +109,7 @@ def simulate(
     anndata.AnnData
         ``X`` ``[n_cells, n_genes]`` float32 counts; ``obs["perturbation"]`` (``"control"``,
         ``"p00"``, ``"p01"``..., ``"p00+p03"``); ``obsm["z_true"]`` ``[n_cells, n_latent]``;
+        ``obs["true_library"]`` (the drawn library sizes); ``uns["true_dispersion"]`` (``inf``: Poisson);
         ``uns["true_targets"]`` ``[n_perturbations, n_latent]`` bool and ``uns["true_shifts"]``
         (float), rows in the order of ``uns["perturbation_names"]``; ``uns["true_decoder"]`` (read by
         :func:`true_log_mean`); with combinations, ``uns["combinations"]`` (labels) and
@@ -173,11 +174,13 @@ def simulate(
         var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]),
     )
     adata.obsm["z_true"] = z[order].astype(np.float32)
+    adata.obs["true_library"] = library[order, 0].astype(np.float32)
     adata.uns["true_targets"] = targets
     adata.uns["true_shifts"] = shifts.astype(np.float32)
     adata.uns["perturbation_names"] = np.array(names)
     adata.uns["true_decoder"] = {**{f"w{i}": w for i, w in enumerate(weights)}, "n_weights": len(weights),
                                  "slope": SLOPE, "logit_scale": float(logit_scale), "baseline": baseline}
+    adata.uns["true_dispersion"] = np.inf if dispersion is None else float(dispersion)  # inf: Poisson
     if pairs:
         adata.uns["combinations"] = np.array([f"{names[a]}+{names[b]}" for a, b in pairs])
         adata.uns["interaction_shifts"] = interaction_shifts.astype(np.float32)

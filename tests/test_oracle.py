@@ -1,0 +1,76 @@
+"""The posterior under the simulator's own model: the bound on what any fit's latents can reach."""
+
+import numpy as np
+import pytest
+
+from pyro_svae import metrics
+from pyro_svae.datasets import simulate
+from pyro_svae.datasets.oracle import true_posterior, true_prior_mean
+
+SMALL = dict(n_perturbations=6, n_latent=3, n_genes=40, n_cells_per_perturbation=40, n_control=60, max_targets=1,
+             shift_size=3.0, decoder_layers=2, n_hidden=16)
+
+
+def test_prior_mean_follows_labels_and_combinations():
+    adata = simulate(**SMALL, n_combinations=2, interaction=0.5, seed=0)
+    mean = true_prior_mean(adata)
+    names = list(adata.uns["perturbation_names"])
+    labels = np.asarray(adata.obs["perturbation"]).astype(str)
+    assert mean.shape == (adata.n_obs, 3)
+    np.testing.assert_array_equal(mean[labels == "control"], 0.0)
+    first = labels == names[0]
+    np.testing.assert_allclose(mean[first], np.broadcast_to(adata.uns["true_shifts"][0], mean[first].shape), atol=1e-6)
+    pair = str(adata.uns["combinations"][0])
+    a, b = pair.split("+")
+    expected = (adata.uns["true_shifts"][names.index(a)] + adata.uns["true_shifts"][names.index(b)]
+                + adata.uns["interaction_shifts"][0])
+    np.testing.assert_allclose(mean[labels == pair][0], expected, atol=1e-5)
+
+
+def test_without_counts_the_posterior_is_the_prior():
+    # a library of ~0.001 counts: the data say nothing, so the posterior mean is the label's shift
+    adata = simulate(**SMALL, library_size=1e-3, seed=1)
+    posterior = true_posterior(adata, n_samples=256, map_steps=200)
+    error = np.abs(posterior.mean - true_prior_mean(adata))  # Monte Carlo error only: ~1/sqrt(ESS)
+    assert error.mean() < 0.06 and error.max() < 0.4
+    empty = np.asarray(adata.X).sum(1) == 0  # (one cell of the screen has a count)
+    assert empty.mean() > 0.9
+    np.testing.assert_allclose(posterior.map[empty], true_prior_mean(adata)[empty], atol=0.02)
+
+
+@pytest.mark.parametrize("dispersion", [10.0, None])
+def test_deep_counts_pin_the_latents_beyond_the_label(dispersion):
+    adata = simulate(**SMALL, library_size=20000.0, dispersion=dispersion, seed=2)
+    before = adata.copy()
+    posterior = true_posterior(adata, n_samples=128, map_steps=300)
+    z = adata.obsm["z_true"]
+    label_only = metrics.mcc(true_prior_mean(adata) + 1e-9 * np.random.default_rng(0).normal(size=z.shape), z)
+    oracle = metrics.mcc(posterior.mean, z)
+    assert oracle > 0.95 > label_only + 0.05
+    assert oracle >= metrics.mcc(posterior.map, z) - 0.01  # the posterior mean is the better estimate
+    assert posterior.ess.shape == (adata.n_obs,) and np.all((posterior.ess >= 1 - 1e-6) & (posterior.ess <= 128 + 1e-6))
+    np.testing.assert_array_equal(adata.X, before.X)  # the user's data untouched
+    assert list(adata.obs.columns) == list(before.obs.columns)
+
+
+def test_simulate_records_the_truth_the_posterior_needs():
+    adata = simulate(**SMALL, dispersion=None, seed=0)
+    assert np.isinf(adata.uns["true_dispersion"])
+    assert simulate(**SMALL, dispersion=7.0, seed=0).uns["true_dispersion"] == 7.0
+    library = np.asarray(adata.obs["true_library"])
+    assert library.shape == (adata.n_obs,) and np.all(library > 0)
+    # counts are drawn around the library: their totals track it
+    assert np.corrcoef(np.log(library), np.log(np.asarray(adata.X).sum(1) + 1))[0, 1] > 0.5
+
+
+def test_missing_truth_and_bad_arguments_are_named():
+    adata = simulate(**SMALL, seed=0)
+    del adata.uns["true_dispersion"]
+    with pytest.raises(KeyError, match=r"uns\['true_dispersion'\]"):
+        true_posterior(adata)
+    adata = simulate(**SMALL, seed=0)
+    del adata.obs["true_library"]
+    with pytest.raises(KeyError, match=r"obs\['true_library'\]"):
+        true_posterior(adata)
+    with pytest.raises(ValueError, match="widen >= 1"):
+        true_posterior(simulate(**SMALL, seed=0), widen=0.5)
