@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recovery_grid import RESULTS, markdown, read_runs, run_and_record
+from recovery_grid import RESULTS, markdown, read_runs, run_screens
 
 EDGE = 2.0  # |z_k| beyond which a cell is on a side of latent k, in prior SDs
 
@@ -191,8 +191,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = Path(args.results)
     runs_path = results / "decoder_gain_runs.jsonl"
-    done = set(read_runs(runs_path)["screen"]) if runs_path.exists() else set()
-    run_and_record(fit_latents, [(s,) for s in args.fit if s not in done], runs_path, args.jobs,
+    run_screens(fit_latents, args.fit, runs_path, args.jobs,
                    lambda row: f"{row['screen']:>12} latent {row['latent']:>2}: corr {row['correlation']:.3f} "
                                f"flatness {row['flatness']:.2f}")
     latents = read_runs(runs_path)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recovery_grid import RESULTS, markdown, read_runs, run_and_record
+from recovery_grid import RESULTS, markdown, read_runs, run_screens
 
 N_CELLS = 5000
 
@@ -115,12 +115,12 @@ def fit_row(screen: str) -> dict:
 
 def table(oracle: pd.DataFrame, fits: pd.DataFrame, results: Path) -> pd.DataFrame:
     grid = read_runs(results / "recovery_grid_runs.jsonl")
-    fits = grid[(grid["method"] == "spike_and_slab") & (grid["screen_seed"] == 0)].groupby("screen")["mcc"].mean()
+    defaults = grid[(grid["method"] == "spike_and_slab") & (grid["screen_seed"] == 0)].groupby("screen")["mcc"].mean()
     ceiling = read_runs(results / "ceiling_runs.jsonl")
     supervised = (ceiling[(ceiling["method"] == "supervised") & (ceiling["screen_seed"] == 0)].groupby("screen")["mcc"].mean()
                   if len(ceiling) else pd.Series(dtype=float))
     out = oracle.set_index("screen")[["part", "n_latent", "label_only", "oracle_map", "oracle", "median_ess"]]
-    out = out.assign(supervised=supervised, fit=fits)
+    out = out.assign(supervised=supervised, fit=defaults)
     out = out.assign(fit_over_oracle=out["fit"] / out["oracle"])
     if len(fits):
         out = out.join(fits.set_index("screen")[["encoder", "fitted_posterior"]])
@@ -192,14 +192,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = Path(args.results)
     runs_path = results / "oracle_ceiling_runs.jsonl"
-    done = set(read_runs(runs_path)["screen"]) if runs_path.exists() else set()
-    screens = args.screens or list(grid_screens("all"))
-    run_and_record(oracle_row, [(s,) for s in screens if s not in done], runs_path, args.jobs,
+    run_screens(oracle_row, args.screens or list(grid_screens("all")), runs_path, args.jobs,
                    lambda row: f"{row['screen']:>18}: oracle {row['oracle']:.3f} map {row['oracle_map']:.3f} "
                                f"label {row['label_only']:.3f} ess {row['median_ess']:.0f} {row['seconds']:.0f}s")
     fits_path = results / "oracle_ceiling_fits_runs.jsonl"
-    fitted = set(read_runs(fits_path)["screen"]) if fits_path.exists() else set()
-    run_and_record(fit_row, [(s,) for s in args.fit if s not in fitted], fits_path, args.jobs,
+    run_screens(fit_row, args.fit, fits_path, args.jobs,
                    lambda row: f"{row['screen']:>18}: encoder {row['encoder']:.3f} "
                                f"fitted posterior {row['fitted_posterior']:.3f}")
     screens_table = table(read_runs(runs_path), read_runs(fits_path), results)

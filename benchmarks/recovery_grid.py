@@ -258,6 +258,12 @@ def run_and_record(function, jobs, path: Path, n_jobs: int, describe) -> list:
     return rows
 
 
+def run_screens(function, screens, path: Path, n_jobs: int, describe) -> list:
+    """:func:`run_and_record` of ``function(screen)`` for the ``screens`` the runs file ``path`` lacks."""
+    done = set(read_runs(path)["screen"]) if path.exists() else set()
+    return run_and_record(function, [(s,) for s in screens if s not in done], path, n_jobs, describe)
+
+
 def read_runs(path: Path) -> pd.DataFrame:
     """The runs file ``path`` (one JSON row per line) as a table; empty when there is none."""
     if not path.exists():

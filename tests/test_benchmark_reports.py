@@ -102,3 +102,34 @@ def test_decoder_gain_sides_swap_when_a_latent_and_its_decoder_weights_are_mirro
     assert {after.loc[1, "flat_side"], before.loc[1, "flat_side"]} == {"low", "high"}
     pd.testing.assert_frame_equal(after.drop(index=1), before.drop(index=1))
     assert (before["flatness"] == before[["gain_low", "gain_high"]].min(1) / before["gain_centre"]).all()
+
+
+def _screen_row(screen):
+    return {"screen": screen, "value": len(screen)}
+
+
+def test_run_screens_runs_only_the_screens_the_runs_file_lacks(recovery_grid, tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps({"screen": "base", "value": -1}) + "\n")
+    new = recovery_grid.run_screens(_screen_row, ["base", "latents4"], path, 1, lambda row: row["screen"])
+    assert new == [{"screen": "latents4", "value": 8}]
+    assert list(recovery_grid.read_runs(path)["value"]) == [-1, 8]  # the earlier row kept as it was
+
+
+def test_oracle_ceiling_joins_the_seed0_fits_of_the_defaults(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import oracle_ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    grid = [{**_row("base", 0, 0, "spike_and_slab", 0.90)}, _row("base", 0, 1, "spike_and_slab", 0.94),
+            _row("base", 1, 1, "spike_and_slab", 0.10), _row("base", 0, 0, "none", 0.20)]
+    (tmp_path / "recovery_grid_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in grid))
+    oracle = pd.DataFrame([{"screen": "base", "part": "dev", "n_latent": 8, "label_only": 0.7, "oracle_map": 0.95,
+                            "oracle": 0.96, "median_ess": 100.0}])
+    fits = pd.DataFrame([{"screen": "base", "encoder": 0.91, "fitted_posterior": 0.92}])
+    table = oracle_ceiling.table(oracle, fits, tmp_path)
+    assert table.loc["base", "fit"] == pytest.approx(0.92)  # screen seed 0 of the defaults only
+    assert table.loc["base", "fit_over_oracle"] == pytest.approx(0.92 / 0.96)
+    assert np.isnan(table.loc["base", "supervised"])  # no ceiling runs in this folder
+    assert table.loc["base", "fitted_posterior"] == pytest.approx(0.92)
