@@ -133,3 +133,35 @@ def test_oracle_ceiling_joins_the_seed0_fits_of_the_defaults(tmp_path):
     assert table.loc["base", "fit_over_oracle"] == pytest.approx(0.92 / 0.96)
     assert np.isnan(table.loc["base", "supervised"])  # no ceiling runs in this folder
     assert table.loc["base", "fitted_posterior"] == pytest.approx(0.92)
+
+
+def test_oracle_ceiling_evidence_section_counts_screens_where_the_truth_is_ahead(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import oracle_ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = pd.DataFrame([
+        {"screen": "base", "part": "dev", "n_latent": 8, "truth_evidence": -300.0, "fit_iwelbo": -300.5,
+         "difference": 0.5, "difference_se": 0.1, "train_difference": -0.5, "train_difference_se": 0.1,
+         "fit_iwelbo_gain": 0.01, "truth_mcc": 0.98, "fit_mcc": 0.96, "truth_median_ess": 300.0},
+        {"screen": "latents20", "part": "dev", "n_latent": 20, "truth_evidence": -250.0, "fit_iwelbo": -250.1,
+         "difference": 0.1, "difference_se": 0.1, "train_difference": 0.3, "train_difference_se": 0.1,
+         "fit_iwelbo_gain": 0.2, "truth_mcc": 0.92, "fit_mcc": 0.85, "truth_median_ess": 20.0}])
+    longer = {**rows.iloc[1].to_dict(), "steps_factor": 2.0, "fit_mcc": 0.88, "train_difference": 0.1, "difference": 0.05}
+    rows = pd.concat([rows, pd.DataFrame([longer])], ignore_index=True)  # a --steps-factor run, kept apart
+    table = oracle_ceiling.evidence_table(rows)
+    assert list(table.index) == ["latents20", "base"]  # lowest fit MCC first
+    lines = "\n".join(oracle_ceiling._evidence_lines(table))
+    assert "held-out cells better than the fit (difference > 2 SE): 1 of 2" in lines  # latents20's 0.1 is within 2 SE
+    assert "+0.100 to +0.500 nats" in lines
+    assert "training cells better than the fit (difference > 2 SE): 1 of 2; difference per cell -0.500 to +0.300" in lines
+    assert "gains 0.010 to 0.200 nats" in lines
+    assert ("latents20 x2: MCC 0.850 -> 0.880, training-cell difference +0.300 -> +0.100, held-out +0.100 -> +0.050"
+            in lines)
+    assert oracle_ceiling._evidence_lines(None) == []
+    oracle = pd.DataFrame([{"screen": "base", "part": "dev", "n_latent": 8, "label_only": 0.7, "oracle_map": 0.95,
+                            "oracle": 0.96, "median_ess": 100.0}])
+    (tmp_path / "recovery_grid_runs.jsonl").write_text(json.dumps(_row("base", 0, 0, "spike_and_slab", 0.9)) + "\n")
+    page = oracle_ceiling.report(oracle_ceiling.table(oracle, pd.DataFrame(), tmp_path), "cmd", tmp_path / "p.md", table)
+    assert "## Does the likelihood prefer the truth?" in page and "| latents20 | dev | 20 |" in page

@@ -74,3 +74,34 @@ def test_missing_truth_and_bad_arguments_are_named():
         true_posterior(adata)
     with pytest.raises(ValueError, match="widen >= 1"):
         true_posterior(simulate(**SMALL, seed=0), widen=0.5)
+    with pytest.raises(ValueError, match="0 <= defensive < 1.*1.0"):
+        true_posterior(simulate(**SMALL, seed=0), defensive=1.0)
+    with pytest.raises(ValueError, match="library to be 'true' or 'observed'.*'total'"):
+        true_posterior(simulate(**SMALL, seed=0), library="total")
+
+
+@pytest.mark.parametrize("dispersion", [5.0, None])
+@pytest.mark.parametrize("library", ["true", "observed"])
+def test_log_evidence_matches_brute_force(dispersion, library):
+    # two latents and a shallow library: averaging p(x | z) over 200,000 prior draws is exact enough
+    import torch
+
+    from pyro_svae.datasets.oracle import _TrueModel
+
+    adata = simulate(**{**SMALL, "n_latent": 2, "n_genes": 20}, library_size=60.0, dispersion=dispersion, seed=3)[:25].copy()
+    posterior = true_posterior(adata, n_samples=2048, map_steps=300, library=library)
+    true_model = _TrueModel(adata)
+    counts = torch.as_tensor(np.asarray(adata.X, float))
+    log_library = (torch.as_tensor(np.log(np.asarray(adata.obs["true_library"], float))) if library == "true"
+                   else counts.sum(-1).clamp(min=1.0).log())
+    prior_mean = torch.as_tensor(true_prior_mean(adata))
+    z = prior_mean + torch.randn((200_000,) + prior_mean.shape, generator=torch.Generator().manual_seed(0),
+                                 dtype=prior_mean.dtype)  # [S, n, 2]
+    # log_joint includes the prior's exp(-|z - m|^2 / 2); take it out to average the likelihood alone
+    log_lik = (true_model.log_joint(z, counts, log_library, prior_mean) + 0.5 * ((z - prior_mean) ** 2).sum(-1)
+               + true_model.log_constant(counts))
+    brute = (torch.logsumexp(log_lik, 0) - np.log(z.shape[0])).numpy()
+    # Monte Carlo error of both; a missing normaliser would be off by nats
+    np.testing.assert_allclose(posterior.log_evidence, brute, atol=0.2)
+    assert np.abs(posterior.log_evidence - brute).mean() < 0.03
+    assert np.all(np.isfinite(posterior.log_evidence)) and np.all(posterior.log_evidence < 0)

@@ -11,7 +11,9 @@ bound, not an estimate of what a fit should reach.
 
 The posterior mean is computed by self-normalised importance sampling from a Laplace
 approximation: the MAP of each cell (Adam on the log joint), the Hessian there (eigenvalues
-floored), and a Gaussian proposal slightly wider than it.
+floored), and a Gaussian proposal slightly wider than it, mixed with the prior. The same weights estimate each cell's
+log evidence ``log p(x | a)`` under the true model (every constant included), which a fitted
+model's held-out IWELBO can be set against: which of the two the objective prefers.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ __all__ = ["TruePosterior", "true_posterior", "true_prior_mean"]
 
 
 class TruePosterior(NamedTuple):
-    """Per cell: the posterior mean and MAP of ``z`` ``[n_cells, n_latent]``, and the effective
-    sample size ``[n_cells]`` of the importance sampler (out of ``n_samples``)."""
+    """Per cell: the posterior mean and MAP of ``z`` ``[n_cells, n_latent]``, the effective sample
+    size ``[n_cells]`` of the importance sampler (out of ``n_samples``), and the estimate of the log
+    evidence ``log p(x | a)`` ``[n_cells]`` (log of the mean importance weight; low by Jensen's
+    inequality, the less so the larger the ESS)."""
 
     mean: np.ndarray
     map: np.ndarray
     ess: np.ndarray
+    log_evidence: np.ndarray
 
 
 def _require(adata, where: str, key: str):
@@ -82,6 +87,15 @@ class _TrueModel:
             log_lik = counts * log_mu - (counts + self.theta) * torch.logaddexp(log_mu, log_mu.new_tensor(self.theta).log())
         return log_lik.sum(-1) - 0.5 * ((z - prior_mean) ** 2).sum(-1)
 
+    def log_constant(self, counts):
+        """The terms of ``log p(x, z | a)`` free of ``z`` ``[n]``: the count distribution's (lgamma)
+        normalisers; the prior's ``-K/2 log 2 pi`` cancels the proposal's."""
+        if np.isinf(self.theta):
+            return -torch.lgamma(counts + 1).sum(-1)
+        theta = counts.new_tensor(self.theta)
+        return (torch.lgamma(counts + theta) - torch.lgamma(theta) - torch.lgamma(counts + 1)
+                + theta * theta.log()).sum(-1)
+
 
 def _laplace(true_model, counts, log_library, prior_mean, map_steps, floor):
     z = prior_mean.clone().requires_grad_(True)
@@ -101,7 +115,7 @@ def _laplace(true_model, counts, log_library, prior_mean, map_steps, floor):
 
 
 def true_posterior(adata, n_samples: int = 512, map_steps: int = 400, widen: float = 1.1, chunk: int = 500,
-                   seed: int = 0) -> TruePosterior:
+                   seed: int = 0, library: str = "true", defensive: float = 0.1) -> TruePosterior:
     """The posterior of each cell's latents under the simulator's own model (see the module docstring).
 
     Parameters
@@ -118,33 +132,53 @@ def true_posterior(adata, n_samples: int = 512, map_steps: int = 400, widen: flo
         than the posterior keep the weights bounded).
     chunk : int
         Cells per batch (memory: ``chunk * n_samples * n_genes`` numbers).
+    defensive : float
+        The share of the importance samples drawn from the prior ``N(shift, I)`` instead of the
+        Laplace approximation (weights use the mixture's density, so estimates stay unbiased).
+    library : {"true", "observed"}
+        The library sizes the counts' means scale with: the simulator's draws (``obs["true_library"]``)
+        or each cell's total count, as a fitted model uses (a fair comparison of evidence with one).
 
     Returns
     -------
     TruePosterior
-        ``mean`` and ``map`` ``[n_cells, n_latent]``; ``ess`` ``[n_cells]``.
+        ``mean`` and ``map`` ``[n_cells, n_latent]``; ``ess`` and ``log_evidence`` ``[n_cells]``.
     """
-    if n_samples < 1 or map_steps < 0 or widen < 1 or chunk < 1:
-        raise ValueError(f"Expected n_samples >= 1, map_steps >= 0, widen >= 1 and chunk >= 1, but got "
-                         f"{n_samples}, {map_steps}, {widen} and {chunk}.")
+    if n_samples < 1 or map_steps < 0 or widen < 1 or chunk < 1 or not 0 <= defensive < 1:
+        raise ValueError(f"Expected n_samples >= 1, map_steps >= 0, widen >= 1, chunk >= 1 and 0 <= defensive < 1, "
+                         f"but got {n_samples}, {map_steps}, {widen}, {chunk} and {defensive}.")
+    if library not in ("true", "observed"):
+        raise ValueError(f"Expected library to be 'true' or 'observed', but got {library!r}.")
     true_model = _TrueModel(adata)
     prior_mean_all = torch.as_tensor(true_prior_mean(adata))
     counts_all = torch.as_tensor(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, float))
-    log_library_all = torch.as_tensor(np.log(np.asarray(_require(adata, "obs", "true_library"), float)))
+    if library == "true":
+        log_library_all = torch.as_tensor(np.log(np.asarray(_require(adata, "obs", "true_library"), float)))
+    else:  # the total count, floored at 1 as the model's minibatches do
+        log_library_all = counts_all.sum(-1).clamp(min=1.0).log()
     generator = torch.Generator().manual_seed(seed)
-    means, maps, ess = [], [], []
+    means, maps, ess, evidence = [], [], [], []
     for start in range(0, counts_all.shape[0], chunk):
         part = slice(start, start + chunk)
         counts, log_library, prior_mean = counts_all[part], log_library_all[part], prior_mean_all[part]
         z_map, vectors, precisions = _laplace(true_model, counts, log_library, prior_mean, map_steps, floor=0.5)
         scales = widen / precisions.sqrt()  # [n, K] along the eigenvectors
-        noise = torch.randn((n_samples,) + z_map.shape, generator=generator, dtype=z_map.dtype)  # [S, n, K]
-        samples = z_map + torch.einsum("nij,snj->sni", vectors, noise * scales)
+        # a defensive mixture (Hesterberg 1995): a share of the draws from the prior bounds every weight
+        # by the likelihood over that share, where the Laplace approximation misses a mode
+        n_prior = int(round(defensive * n_samples))
+        draws = torch.randn((n_samples,) + z_map.shape, generator=generator, dtype=z_map.dtype)  # [S, n, K]
+        samples = torch.cat([prior_mean + draws[:n_prior],
+                             z_map + torch.einsum("nij,snj->sni", vectors, draws[n_prior:] * scales)])
         with torch.no_grad():
-            # log q up to a constant shared by all samples of a cell (it cancels in self-normalising)
-            log_w = true_model.log_joint(samples, counts, log_library, prior_mean) + 0.5 * (noise ** 2).sum(-1)
+            noise = torch.einsum("nji,snj->sni", vectors, samples - z_map) / scales  # the Laplace draws' noise
+            log_q = torch.logsumexp(torch.stack([  # log q(z) + K/2 log 2 pi, the mixture's density
+                np.log(max(defensive, 1e-300)) - 0.5 * ((samples - prior_mean) ** 2).sum(-1),
+                np.log1p(-defensive) - 0.5 * (noise ** 2).sum(-1) - scales.log().sum(-1)]), dim=0)  # [S, n]
+            # log p(x, z | a) - log q(z), the 2 pi terms of prior and proposal cancelled
+            log_w = true_model.log_joint(samples, counts, log_library, prior_mean) + true_model.log_constant(counts) - log_q
         weights = torch.softmax(log_w, dim=0)  # [S, n]
         means.append((weights[..., None] * samples).sum(0))
         maps.append(z_map)
         ess.append(1.0 / (weights ** 2).sum(0))
-    return TruePosterior(torch.cat(means).numpy(), torch.cat(maps).numpy(), torch.cat(ess).numpy())
+        evidence.append(torch.logsumexp(log_w, dim=0) - np.log(n_samples))
+    return TruePosterior(*(torch.cat(part).numpy() for part in (means, maps, ess, evidence)))
