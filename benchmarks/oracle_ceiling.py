@@ -326,7 +326,8 @@ def main(argv=None) -> None:
                             f"({row['difference']:+.3f} +- {row['difference_se']:.3f}; training cells "
                             f"{row['train_difference']:+.3f}) MCC {row['truth_mcc']:.3f} / "
                             f"{row['fit_mcc']:.3f} {row['seconds']:.0f}s")
-    evidence = pd.concat([read_runs(path) for path in sorted(results.glob("oracle_ceiling_evidence*_runs.jsonl"))])
+    evidence_runs = [read_runs(path) for path in sorted(results.glob("oracle_ceiling_evidence*_runs.jsonl"))]
+    evidence = pd.concat(evidence_runs) if evidence_runs else pd.DataFrame()
     screens_table = table(read_runs(runs_path), read_runs(fits_path), results)
     command = "python benchmarks/oracle_ceiling.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     _plot(screens_table, results / "oracle_ceiling.png")

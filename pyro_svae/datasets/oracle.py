@@ -11,9 +11,10 @@ bound, not an estimate of what a fit should reach.
 
 The posterior mean is computed by self-normalised importance sampling from a Laplace
 approximation: the MAP of each cell (Adam on the log joint), the Hessian there (eigenvalues
-floored), and a Gaussian proposal slightly wider than it, mixed with the prior. The same weights estimate each cell's
-log evidence ``log p(x | a)`` under the true model (every constant included), which a fitted
-model's held-out IWELBO can be set against: which of the two the objective prefers.
+floored), and a Gaussian proposal slightly wider than it, mixed with the prior. The same weights
+estimate each cell's log evidence ``log p(x | a)`` under the true model (every constant
+included), to set against a fitted model's IWELBO on the same cells: which of the two the
+likelihood prefers.
 """
 
 from __future__ import annotations
@@ -132,12 +133,12 @@ def true_posterior(adata, n_samples: int = 512, map_steps: int = 400, widen: flo
         than the posterior keep the weights bounded).
     chunk : int
         Cells per batch (memory: ``chunk * n_samples * n_genes`` numbers).
-    defensive : float
-        The share of the importance samples drawn from the prior ``N(shift, I)`` instead of the
-        Laplace approximation (weights use the mixture's density, so estimates stay unbiased).
     library : {"true", "observed"}
         The library sizes the counts' means scale with: the simulator's draws (``obs["true_library"]``)
         or each cell's total count, as a fitted model uses (a fair comparison of evidence with one).
+    defensive : float
+        The share of the importance samples drawn from the prior ``N(shift, I)`` instead of the
+        Laplace approximation (weights use the mixture's density, so estimates stay unbiased).
 
     Returns
     -------
