@@ -138,7 +138,7 @@ def evidence_row(screen: str, steps_factor: float = 1.0) -> dict:
     from pyro_svae.datasets import grid_screens, simulate_grid_screen
     from pyro_svae.datasets.grid import part_of
     from pyro_svae.datasets.oracle import true_posterior
-    from pyro_svae.train import auto_max_epochs
+    from pyro_svae.train import auto_max_epochs, split_cells
 
     torch.set_num_threads(1)
     spec = grid_screens("all")[screen]
@@ -146,7 +146,7 @@ def evidence_row(screen: str, steps_factor: float = 1.0) -> dict:
     held = np.zeros(adata.n_obs, bool)
     held[np.random.default_rng(0).choice(adata.n_obs, N_HELD_OUT, replace=False)] = True
     start = time.perf_counter()
-    n_train = int((~held).sum()) - int(round(0.1 * (~held).sum()))  # less fit's validation cells
+    n_train = len(split_cells(int((~held).sum()), 0.1, np.random.default_rng(0))[0])  # less fit's validation cells
     epochs = "auto" if steps_factor == 1 else int(round(steps_factor * auto_max_epochs(n_train, 256)))
     model = pyro_svae.fit(adata[~held].copy(), n_latent=spec["n_latent"], max_epochs=epochs,
                           control="control" if spec["n_control"] else None, seed=0, progress=False)
