@@ -80,6 +80,7 @@ def fit(
     max_epochs: Union[int, str] = "auto",
     lr: float = 1e-3,
     prior_lr: float = 1e-2,
+    lr_decay: float = 1.0,
     kl_warmup_epochs: Union[int, str] = "auto",
     validation_fraction: float = 0.1,
     early_stopping: bool = True,
@@ -119,35 +120,34 @@ def fit(
         Keyword options of the prior, e.g. ``{"min_shift": 1.0}`` for ``spike_and_slab``.
     likelihood : {"nb", "zinb", "poisson"}
     max_epochs, kl_warmup_epochs : int or "auto"
-        ``"auto"``: about 28,000 optimisation steps (50 to 2,000 epochs), warm-up over the first
-        fortieth of them.
-    lr, prior_lr : float
-        Learning rates of the networks and of the prior's guide parameters.
+        ``"auto"``: about 28,000 optimisation steps (50 to 2,000 epochs), warm-up over the first fortieth of them.
+    lr, prior_lr, lr_decay : float
+        Learning rates of the networks and of the prior's guide parameters; both end each stage at ``lr_decay``
+        times their value (exponential decay over the planned steps; ``1``: constant). The decay follows
+        ``max_epochs``: a resume with a larger ``max_epochs`` continues on the longer schedule.
     validation_fraction : float
         Cells held out for the validation ELBO and early stopping; ``0`` trains on all cells.
     early_stopping, patience :
-        Stop when the validation ELBO (mean of the last 10 epochs) has not improved for
-        ``patience`` epochs after the warm-up, and restore the best parameters. ``"auto"``: a
-        quarter of ``max_epochs``, at least 30.
+        Stop when the validation ELBO (mean of the last 10 epochs) has not improved for ``patience`` epochs
+        after the warm-up, and restore the best parameters. ``"auto"``: a quarter of ``max_epochs``, at least 30.
     warm_start : {"rotate", None}
-        ``"rotate"`` (default): spend ``warm_start_fraction`` of the epochs fitting dense Gaussian
-        shifts, rotate the latent space to make them sparsest and move its origin to the control
-        cells' mean latent (without controls, to the median shift), then fit ``prior`` from there
-        (:mod:`pyro_svae.warm_start`). The likelihood does not tell rotated latent axes apart, only
-        the sparsity of the shifts does: from a random start a fit keeps its axes rotated (on the
-        simulator's grid, latent MCC 0.6-0.9 instead of 0.95). Once the fit settled (early stopping,
-        or 7,000 sparse steps: :func:`pyro_svae.warm_start.has_settled`), if the cells' mean latents
-        per perturbation are sparser in axes rotated more than 18 degrees (latents left mixed,
-        :func:`pyro_svae.warm_start.residual_rotation`; needs ``2 * n_latent`` perturbations moving
-        a latent by 0.5 SD), it is rotated again and the prior refitted (``stage`` ``"re-rotated"``;
-        a second fit's time). ``None``: fit ``prior`` from the start.
+        ``"rotate"`` (default): spend ``warm_start_fraction`` of the epochs fitting dense Gaussian shifts, rotate
+        the latent space to make them sparsest and move its origin to the control cells' mean latent (without
+        controls, to the median shift), then fit ``prior`` from there (:mod:`pyro_svae.warm_start`). The likelihood
+        does not tell rotated latent axes apart, only the sparsity of the shifts does: from a random start a fit
+        keeps its axes rotated (on the simulator's grid, latent MCC 0.6-0.9 instead of 0.95). Once the fit settled
+        (early stopping, or 7,000 sparse steps: :func:`pyro_svae.warm_start.has_settled`), if the cells' mean
+        latents per perturbation are sparser in axes rotated more than 18 degrees (latents left mixed,
+        :func:`pyro_svae.warm_start.residual_rotation`; needs ``2 * n_latent`` perturbations moving a latent by 0.5
+        SD), it is rotated again and the prior refitted (``stage`` ``"re-rotated"``; a second fit's time). ``None``:
+        fit ``prior`` from the start.
     track_targets : bool
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
     objective : {"fused", "pyro"}
-        ``"fused"``: ``TraceMeanField_ELBO``'s estimator computed in one pass
-        (:mod:`pyro_svae.objective`, tested equal to Pyro's on the same draws, faster); ``"pyro"``:
-        Pyro's ``SVI`` with ``TraceMeanField_ELBO`` on :func:`pyro_svae.model` and :func:`pyro_svae.guide`.
+        ``"fused"``: ``TraceMeanField_ELBO``'s estimator computed in one pass (:mod:`pyro_svae.objective`, tested
+        equal to Pyro's on the same draws, faster); ``"pyro"``: Pyro's ``SVI`` with ``TraceMeanField_ELBO`` on
+        :func:`pyro_svae.model` and :func:`pyro_svae.guide`.
     seed : int
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
@@ -155,8 +155,7 @@ def fit(
     checkpoint_every, checkpoint_dir :
         Write the whole state of the fit to ``checkpoint_dir`` every ``checkpoint_every`` epochs.
     resume_from : path, optional
-        A checkpoint directory: continue that fit (same data and settings; ``max_epochs`` may be larger)
-        exactly as if it had not stopped.
+        A checkpoint directory: continue that fit exactly (same data and settings; ``max_epochs`` may be larger).
     n_restarts : int
         Fit from seeds ``seed`` to ``seed + n_restarts - 1`` and keep the fit with the highest ELBO on all
         cells (:mod:`pyro_svae.restarts`; ``model.restarts`` lists them): ``n_restarts`` times the time.
@@ -174,6 +173,7 @@ def fit(
     _check("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "to be an integer >= 1")
     _check("validation_fraction", validation_fraction, 0 <= validation_fraction < 1, "in [0, 1)")
     _check("lr", lr, lr > 0, "> 0")
+    _check("lr_decay", lr_decay, 0 < lr_decay <= 1, "in (0, 1]")
     _check("warm_start", warm_start, warm_start in (None, "rotate"), "to be None or 'rotate'")
     if checkpoint_every is not None:
         _check("checkpoint_every", checkpoint_every, isinstance(checkpoint_every, int) and checkpoint_every >= 1,
@@ -198,9 +198,9 @@ def fit(
         prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
         separator=separator, allow_non_integer=allow_non_integer)
     train_config = TrainConfig(
-        batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, kl_warmup_epochs=kl_warmup_epochs,
-        validation_fraction=validation_fraction, early_stopping=early_stopping and validation_fraction > 0,
-        patience=patience, seed=seed, objective=objective,
+        batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, lr_decay=lr_decay,
+        kl_warmup_epochs=kl_warmup_epochs, validation_fraction=validation_fraction,
+        early_stopping=early_stopping and validation_fraction > 0, patience=patience, seed=seed, objective=objective,
     )
     device = resolve_device(device)
     pyro.set_rng_seed(seed)

@@ -54,8 +54,13 @@ def load_checkpoint(directory):
     return document, torch.load(tensor_file, map_location="cpu", weights_only=True)
 
 
+#: settings added since checkpoints were first written, with the value that older ones trained with
+ADDED_SETTINGS = {"lr_decay": 1.0}
+
+
 def check_resumable(saved: dict, current: dict) -> None:
     """Raise ``ValueError`` naming the first setting that differs (``max_epochs`` may grow)."""
+    saved = {**ADDED_SETTINGS, **saved}
     for key in sorted(set(saved) | set(current)):
         if key == "max_epochs":
             continue

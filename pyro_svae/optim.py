@@ -20,7 +20,8 @@ __all__ = ["MultiTensorClippedAdam"]
 
 
 class MultiTensorClippedAdam(PyroOptim):
-    """Adam with per-element gradient clipping (``ClippedAdam``: ``lrd=1``, no weight decay).
+    """Adam with per-element gradient clipping (``ClippedAdam`` without weight decay; ``lr_scale``, which the
+    caller may change between steps, multiplies every learning rate, as ``ClippedAdam``'s ``lrd`` does).
 
     Parameters
     ----------
@@ -34,10 +35,11 @@ class MultiTensorClippedAdam(PyroOptim):
         self.pt_optim_args = optim_args
         self.betas, self.eps = betas, eps
         self.state: Dict[str, dict] = {}
+        self.lr_scale = 1.0
 
     def _args(self, name: str) -> dict:
         args = self.pt_optim_args(name) if callable(self.pt_optim_args) else self.pt_optim_args
-        return {"lr": args.get("lr", 1e-3), "clip_norm": args.get("clip_norm", 10.0)}
+        return {"lr": args.get("lr", 1e-3) * self.lr_scale, "clip_norm": args.get("clip_norm", 10.0)}
 
     def __call__(self, params, *args, **kwargs) -> None:
         store = pyro.get_param_store()

@@ -60,6 +60,7 @@ class TrainConfig:
     patience: int = 50
     seed: int = 0
     clip_norm: float = 10.0
+    lr_decay: float = 1.0  # both learning rates reach this fraction at the last step of ``max_epochs`` (exponentially)
     #: "fused" (pyro_svae.objective, TraceMeanField_ELBO's estimator in one pass) or "pyro" (SVI itself)
     objective: str = "fused"
 
@@ -165,17 +166,15 @@ def train(
     ``checkpoint_dir``. ``resume`` is a ``load_checkpoint`` result: training continues from it as
     if it had never stopped.
 
-    ``frozen`` maps parameter names (already in ``params``) to ``True`` (the whole parameter) or
-    a boolean tensor of its shape (``True`` entries): their gradients are zeroed, so Adam leaves
-    them exactly as they were. :meth:`SVAE.transfer` fits only new perturbations' rows this way.
-    Guide parameters of the prior's sites (``components.sites``) learn at ``config.prior_lr``,
-    everything else at ``config.lr``. ``on_epoch_end(epoch)`` is called after each epoch, with the
-    model's parameters in the param store.
+    ``frozen`` maps parameter names (already in ``params``) to ``True`` (the whole parameter) or a boolean
+    tensor of its shape (``True`` entries): their gradients are zeroed, so Adam leaves them exactly as they
+    were. :meth:`SVAE.transfer` fits only new perturbations' rows this way. Guide parameters of the prior's
+    sites (``components.sites``) learn at ``config.prior_lr``, everything else at ``config.lr``, both times
+    ``config.lr_decay ** (step / planned steps)``. ``on_epoch_end(epoch)`` is called after each epoch.
 
-    The history's ``restored`` column marks the epoch whose parameters the model keeps, and
-    ``kl_weight`` the warm-up weight reached. A ``UserWarning`` says when ``max_epochs`` ran out
-    while the validation ELBO was still improving. Epochs are numbered from ``epoch_offset`` (the
-    epochs of a warm start before this fit) in the history, the checkpoints and ``on_epoch_end``;
+    The history's ``restored`` column marks the epoch whose parameters the model keeps, and ``kl_weight`` the
+    warm-up weight reached. A ``UserWarning`` says when ``max_epochs`` ran out while the validation ELBO was
+    still improving. Epochs are numbered from ``epoch_offset`` (the epochs of a warm start before this fit);
     ``checkpoint_extra`` is stored in every checkpoint, for the caller to resume with.
     """
     rng = np.random.default_rng(config.seed)
@@ -231,6 +230,7 @@ def train(
                     index = np.sort(perm[start:start + config.batch_size])
                     # warm-up weights > 0: the exact KL takes the guide site's scale, which must be positive
                     kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+                    optimizer.lr_scale = config.lr_decay ** (step / (config.max_epochs * epoch_steps))
                     loss, cells = take_step(on_device.minibatch(index), index, kl_weight)
                     step += 1
                     # checked each step on the CPU; on a GPU at the epoch's end (a check is a device sync)

@@ -3,6 +3,7 @@ report that names its figures and calls; ``report`` rebuilds it from the saved m
 exits non-zero with the API's message on stderr and no traceback; the input file never changes."""
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import subprocess
@@ -84,6 +85,15 @@ def test_report_names_figures_calls_and_filtering(fitted_run):
     assert "prior `spike_and_slab`" in report and "2 epochs run" in report
     assert "the highest ELBO per cell of 2 restarts (seed: ELBO; 0: " in report
     assert "| gene_mean |" in report and "| perturbation_shift |" in report  # the PPC coverage table
+
+
+def test_report_states_a_decaying_learning_rate(fitted_run):
+    from pyro_svae.report import _model_section
+
+    model = pyro_svae.load(fitted_run[0] / "model")
+    assert "(networks / prior), KL warm-up" in "\n".join(_model_section(model, "cpu"))
+    model.train_config = dataclasses.replace(model.train_config, lr_decay=0.1)
+    assert "(networks / prior, decaying to 0.1 of that), KL warm-up" in "\n".join(_model_section(model, "cpu"))
 
 
 def test_report_command_rebuilds_the_report_and_refuses_a_full_folder(fitted_run, screen_file, tmp_path, capsys):

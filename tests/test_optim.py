@@ -56,3 +56,15 @@ def test_state_round_trip():
         other = MultiTensorClippedAdam({"lr": 1e-3})
         other.set_state(state)
         assert other.state["w"]["step"] == 1 and torch.equal(other.state["w"]["exp_avg"], state["w"]["exp_avg"])
+
+
+def test_lr_scale_multiplies_every_learning_rate():
+    def args(scale):  # halving is exact in floating point, so the updates must match bit for bit
+        return lambda name: {"lr": (1e-2 if name.startswith("PriorGuide.") else 1e-3) * scale, "clip_norm": 0.5}
+
+    reference, _ = _run(ClippedAdam(args(0.5)))
+    scaled = MultiTensorClippedAdam(args(1.0))
+    scaled.lr_scale = 0.5
+    fast, _ = _run(scaled)
+    for name in reference:
+        assert torch.equal(reference[name], fast[name]), name

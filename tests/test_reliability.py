@@ -37,6 +37,31 @@ def test_resume_refuses_other_settings_and_damaged_checkpoints(tmp_path):
         pyro_svae.fit(adata, **FAST, checkpoint_every=1)
 
 
+def test_lr_decay_reaches_its_fraction_at_the_last_planned_step(monkeypatch):
+    scales = []
+
+    class Recording(pyro_svae.train.MultiTensorClippedAdam):
+        def __call__(self, params, *args, **kwargs):
+            scales.append(self.lr_scale)
+            return super().__call__(params, *args, **kwargs)
+
+    monkeypatch.setattr(pyro_svae.train, "MultiTensorClippedAdam", Recording)
+    pyro_svae.fit(make_screen(), **{**FAST, "max_epochs": 4}, early_stopping=False, warm_start=None, lr_decay=0.1)
+    n = len(scales)
+    assert n > 8 and scales[0] == 1.0 and np.all(np.diff(scales) < 0)
+    assert scales[-1] == pytest.approx(0.1 ** ((n - 1) / n))
+    with pytest.raises(ValueError, match=r"Expected lr_decay in \(0, 1\], but got 0"):
+        pyro_svae.fit(make_screen(), **FAST, lr_decay=0)
+
+
+def test_checkpoints_from_before_lr_decay_resume_as_a_constant_rate():
+    from pyro_svae.checkpoint import check_resumable
+
+    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0})  # written before the setting existed
+    with pytest.raises(ValueError, match="lr_decay was 1.0 in the checkpoint but is 0.5 now"):
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 0.5})
+
+
 def test_keyboard_interrupt_returns_the_model_so_far():
     calls = {"n": 0}
 
