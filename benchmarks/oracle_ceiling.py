@@ -2,6 +2,7 @@
 
     python benchmarks/oracle_ceiling.py                       # every grid screen, seed 0 (~15 min on 2 cores)
     python benchmarks/oracle_ceiling.py --fit latents20 ...   # and fits of the defaults (~3 min each)
+    python benchmarks/oracle_ceiling.py --gap paper ...       # ELBO and evidence, truth and fit (~5-9 min each)
 
 For each screen (seed 0) :func:`pyro_svae.datasets.oracle.true_posterior` computes each cell's
 posterior mean of ``z`` under the simulator's own decoder, shifts, dispersion and library sizes,
@@ -33,9 +34,17 @@ shortfall); <= 0 says the fit explains its own cells as well as the truth does w
 less, so a better optimiser of the same objective would not recover more. ``--steps-factor F``
 refits with ``F`` times ``max_epochs="auto"`` (rows kept apart, shown beside the others).
 
+``--gap``: does the ELBO, the objective a fit maximises, prefer the truth? On the ``--evidence`` fit's
+1,000 training cells, the truth's ELBO with each cell's best mean-field Gaussian (``true_elbo``) beside
+the fit's, with its encoder (10 draws) and with each cell's own mean-field Gaussian (``fit_best_elbo``:
+the same family as the truth's, no amortisation gap), and each one's log evidence (the truth's, the
+fit's IWELBO). A truth whose log evidence is higher but whose ELBO is not is one the objective itself
+ranks with or below the fit: the mean-field gap, not the optimiser, decides there. ``--gap-full``: the
+truth's ELBO on the same cells with each cell's best full-covariance Gaussian (no fit; ``truth_gap_full``).
+
 Writes ``benchmarks/results/oracle_ceiling.md`` and ``.png``; rows are kept in
-``oracle_ceiling_runs.jsonl`` (``_fits_runs``, ``_evidence_runs``; a re-run skips the screens
-already there).
+``oracle_ceiling_runs.jsonl`` (``_fits_runs``, ``_evidence_runs``, ``_gap_runs``, ``_gap_full_runs``; a re-run
+skips the screens already there).
 """
 
 from __future__ import annotations
@@ -130,29 +139,48 @@ def fit_row(screen: str) -> dict:
 N_HELD_OUT = 1000
 
 
-def evidence_row(screen: str, steps_factor: float = 1.0) -> dict:
+def _held_out_cells(screen: str):
+    """``(adata, held, train)``: the seed-0 screen, its 1,000 held-out cells (mask) and the positions of 1,000
+    of the others (the ``--evidence`` fit's training cells)."""
+    from pyro_svae.datasets import simulate_grid_screen
+
+    adata = simulate_grid_screen(screen, seed=0)
+    held = np.zeros(adata.n_obs, bool)
+    held[np.random.default_rng(0).choice(adata.n_obs, N_HELD_OUT, replace=False)] = True
+    train = np.flatnonzero(~held)[np.random.default_rng(1).choice(int((~held).sum()), N_HELD_OUT, replace=False)]
+    return adata, held, np.sort(train)
+
+
+def _held_out_fit(screen: str, steps_factor: float = 1.0):
+    """``(adata, held, model, train)``: :func:`_held_out_cells` and ``fit``'s defaults on all but the held-out
+    cells (fit seed 0)."""
     import torch
 
     import pyro_svae
-    from pyro_svae import metrics
-    from pyro_svae.datasets import grid_screens, simulate_grid_screen
-    from pyro_svae.datasets.grid import part_of
-    from pyro_svae.datasets.oracle import true_posterior
+    from pyro_svae.datasets import grid_screens
     from pyro_svae.train import auto_max_epochs, split_cells
 
     torch.set_num_threads(1)
     spec = grid_screens("all")[screen]
-    adata = simulate_grid_screen(screen, seed=0)
-    held = np.zeros(adata.n_obs, bool)
-    held[np.random.default_rng(0).choice(adata.n_obs, N_HELD_OUT, replace=False)] = True
-    start = time.perf_counter()
+    adata, held, train = _held_out_cells(screen)
     n_train = len(split_cells(int((~held).sum()), 0.1, np.random.default_rng(0))[0])  # less fit's validation cells
     epochs = "auto" if steps_factor == 1 else int(round(steps_factor * auto_max_epochs(n_train, 256)))
     model = pyro_svae.fit(adata[~held].copy(), n_latent=spec["n_latent"], max_epochs=epochs,
                           control="control" if spec["n_control"] else None, seed=0, progress=False)
-    train = np.flatnonzero(~held)[np.random.default_rng(1).choice(int((~held).sum()), N_HELD_OUT, replace=False)]
+    return adata, held, model, train
+
+
+def evidence_row(screen: str, steps_factor: float = 1.0) -> dict:
+    from pyro_svae import metrics
+    from pyro_svae.datasets import grid_screens
+    from pyro_svae.datasets.grid import part_of
+    from pyro_svae.datasets.oracle import true_posterior
+
+    spec = grid_screens("all")[screen]
+    start = time.perf_counter()
+    adata, held, model, train = _held_out_fit(screen, steps_factor)
     row = {"screen": screen, "part": part_of(screen), "n_latent": spec["n_latent"], "cells": int(held.sum())}
-    for prefix, cells in (("", adata[held].copy()), ("train_", adata[np.sort(train)].copy())):
+    for prefix, cells in (("", adata[held].copy()), ("train_", adata[train].copy())):
         truth = true_posterior(cells, n_samples=1024, library="observed")
         cells.obs["cell"] = cells.obs_names  # one group per cell: the IWELBO of each
         fit = {n: model.marginal_log_likelihood(cells, n_samples=n, by="cell", seed=0).reindex(cells.obs_names).to_numpy()
@@ -167,6 +195,116 @@ def evidence_row(screen: str, steps_factor: float = 1.0) -> dict:
             row.update({"truth_mcc": metrics.mcc(truth.mean, z), "fit_mcc": metrics.mcc(model.get_latent(cells), z),
                         "truth_median_ess": float(np.median(truth.ess))})
     return {**row, "steps_factor": steps_factor, "epochs": len(model.history), "seconds": time.perf_counter() - start}
+
+
+def fit_best_elbo(model, cells, steps: int = 1000, n_eval: int = 50) -> np.ndarray:
+    """The fit's ELBO per cell with each cell's own mean-field ``q(z)`` in place of the encoder's: Adam (learning
+    rate 0.01) on its mean and log scale from the encoder's, one draw of ``z`` and of the global sites a step,
+    scored as the mean of ``n_eval`` draws. Against :func:`pyro_svae.datasets.true_elbo` (the same per-cell family
+    under the true model), a comparison of the two models by the objective without the encoder's amortisation gap."""
+    import torch
+
+    from pyro_svae.objective import cell_elbo
+    from pyro_svae.runtime import DataOnDevice
+
+    screen = model._read(cells)
+    batch = DataOnDevice(screen, model.device).minibatch(np.arange(screen.n_cells))
+    nets, encoder = model.components.nets, model.components.nets.encoder
+    with model.scope():
+        with torch.no_grad():
+            loc, scale = encoder(batch["counts"], batch["batch"])
+        loc, log_scale = loc.clone().requires_grad_(True), scale.log().clone().requires_grad_(True)
+
+        class PerCell(torch.nn.Module):  # the encoder's place: every cell's own parameters
+            def forward(self, counts, batch_codes):
+                return loc, log_scale.exp()
+
+        nets.encoder = PerCell()
+        try:
+            optimizer = torch.optim.Adam([loc, log_scale], lr=0.01)
+            for _ in range(steps):
+                optimizer.zero_grad()
+                (-cell_elbo(model.components, batch).sum()).backward()
+                optimizer.step()
+            with torch.no_grad():
+                return np.mean([cell_elbo(model.components, batch).numpy() for _ in range(n_eval)], axis=0)
+        finally:
+            nets.encoder = encoder
+
+
+def gap_row(screen: str) -> dict:
+    """The ELBO against the log evidence, of the truth and of the fit, on the ``--evidence`` fit's training cells."""
+    from pyro_svae.datasets.grid import part_of
+    from pyro_svae.datasets.oracle import true_elbo, true_posterior
+
+    start = time.perf_counter()
+    adata, _, model, train = _held_out_fit(screen)
+    cells = adata[train].copy()
+    cells.obs["cell"] = cells.obs_names  # one group per cell
+    per_cell = {
+        "truth_evidence": true_posterior(cells, n_samples=1024, library="observed").log_evidence,
+        "truth_elbo": true_elbo(cells, n_draws=8),
+        "fit_iwelbo": model.marginal_log_likelihood(cells, n_samples=1000, by="cell", seed=0)[cells.obs_names].to_numpy(),
+        # the ELBO of one draw of z per cell, averaged over 10 draws (and 10 draws of the global sites)
+        "fit_elbo": np.mean([model.elbo(cells, by="cell", seed=s)[cells.obs_names].to_numpy() for s in range(10)], 0),
+        "fit_best_elbo": fit_best_elbo(model, cells),
+    }
+    se = {f"{name}_se": float(difference.std(ddof=1) / np.sqrt(len(train))) for name, difference in (
+        ("elbo_difference", per_cell["truth_elbo"] - per_cell["fit_elbo"]),
+        ("best_elbo_difference", per_cell["truth_elbo"] - per_cell["fit_best_elbo"]))}
+    return {"screen": screen, "part": part_of(screen), "cells": len(train),
+            **{name: float(values.mean()) for name, values in per_cell.items()}, **se,
+            "seconds": time.perf_counter() - start}
+
+
+def gap_full_row(screen: str) -> dict:
+    """The truth's ELBO with each cell's best full-covariance Gaussian, on the ``--gap`` cells (no fit)."""
+    import torch
+
+    from pyro_svae.datasets.oracle import true_elbo
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    adata, _, train = _held_out_cells(screen)
+    values = true_elbo(adata[train].copy(), n_draws=8, covariance="full")
+    return {"screen": screen, "truth_elbo_full": float(values.mean()), "seconds": time.perf_counter() - start}
+
+
+def gap_table(rows: pd.DataFrame, full: pd.DataFrame = None) -> pd.DataFrame:
+    """Per screen (training cells): truth and fit, log evidence (the fit's IWELBO) and ELBO (the fit's with its
+    encoder and with each cell's own ``q``: ``fit_best_elbo``), the differences truth - fit, the mean-field gap
+    of each (log evidence - per-cell ELBO), the fit's amortisation gap (per-cell ELBO - encoder's ELBO) and, with
+    ``full`` (:func:`gap_full_row` rows), the truth's gap with a full-covariance ``q``."""
+    rows = rows.set_index("screen")
+    out = rows[["part", "truth_evidence", "fit_iwelbo", "truth_elbo", "fit_elbo", "fit_best_elbo"]].copy()
+    out["evidence_difference"] = out["truth_evidence"] - out["fit_iwelbo"]
+    out["elbo_difference"] = out["truth_elbo"] - out["fit_elbo"]
+    out["best_elbo_difference"] = out["truth_elbo"] - out["fit_best_elbo"]
+    out["best_elbo_difference_se"] = rows["best_elbo_difference_se"]
+    out["truth_gap"] = out["truth_evidence"] - out["truth_elbo"]
+    out["fit_gap"] = out["fit_iwelbo"] - out["fit_best_elbo"]
+    out["amortisation_gap"] = out["fit_best_elbo"] - out["fit_elbo"]
+    if full is not None and len(full):  # the truth with a full-covariance q (--gap-full)
+        out["truth_gap_full"] = out["truth_evidence"] - full.set_index("screen")["truth_elbo_full"]
+    return out.sort_values("evidence_difference")
+
+
+def _gap_lines(gap: pd.DataFrame) -> list:
+    if gap is None or not len(gap):
+        return []
+    margin = 2 * gap["best_elbo_difference_se"]
+    truth, fit = gap[gap["best_elbo_difference"] > margin], gap[gap["best_elbo_difference"] < -margin]
+    return ["", "## Does the ELBO prefer the truth? (`--gap`)", "",
+            f"- screens whose training cells the truth's ELBO scores higher than the fit's, each with every cell's own "
+            f"mean-field q (difference > 2 SE): {len(truth)} of {len(gap)} ({', '.join(truth.index) or 'none'}); "
+            f"the fit's higher: {len(fit)} ({', '.join(fit.index) or 'none'}); within 2 SE: {len(gap) - len(truth) - len(fit)}",
+            f"- the mean-field gap (log evidence - ELBO) per cell: truth {gap['truth_gap'].min():.2f} to "
+            f"{gap['truth_gap'].max():.2f} nats, fit {gap['fit_gap'].min():.2f} to {gap['fit_gap'].max():.2f}; the fit's "
+            f"encoder is {gap['amortisation_gap'].min():.2f} to {gap['amortisation_gap'].max():.2f} below its per-cell optimum",
+            *([] if "truth_gap_full" not in gap else [
+                f"- the truth's gap with a full-covariance q (`--gap-full`): {gap['truth_gap_full'].min():.2f} to "
+                f"{gap['truth_gap_full'].max():.2f} nats"]),
+            "", markdown(gap)]
 
 
 def evidence_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -270,7 +408,8 @@ def _evidence_lines(evidence: pd.DataFrame) -> list:
             "", "![truth against fit](oracle_ceiling_evidence.png)", "", markdown(evidence)]
 
 
-def report(screens: pd.DataFrame, command: str, path: Path, evidence: pd.DataFrame = None) -> str:
+def report(screens: pd.DataFrame, command: str, path: Path, evidence: pd.DataFrame = None,
+           gap: pd.DataFrame = None) -> str:
     below = screens[screens["fit"] < 0.9]
     lines = [
         "# What the counts allow: the latent MCC of the posterior under the true model (oracle_ceiling)", "",
@@ -291,7 +430,7 @@ def report(screens: pd.DataFrame, command: str, path: Path, evidence: pd.DataFra
             f"fitted model given counts and label gains "
             + ", ".join(f"{name} {row['fitted_posterior'] - row['encoder']:+.3f} (of {row['oracle'] - row['encoder']:.3f} to the bound)"
                         for name, row in screens[screens["encoder"].notna()].iterrows())]),
-        "", "![fit against the bound](oracle_ceiling.png)", "", markdown(screens), *_evidence_lines(evidence), ""]
+        "", "![fit against the bound](oracle_ceiling.png)", "", markdown(screens), *_evidence_lines(evidence), *_gap_lines(gap), ""]
     text = "\n".join(lines)
     path.write_text(text)
     return text
@@ -307,6 +446,10 @@ def main(argv=None) -> None:
                         help="grid screens to fit without 1,000 cells and score on them against the truth (seed 0)")
     parser.add_argument("--steps-factor", type=float, default=1.0,
                         help="--evidence fits with this many times max_epochs='auto' (rows kept apart, _xF_runs.jsonl)")
+    parser.add_argument("--gap", nargs="*", default=[], metavar="SCREEN",
+                        help="the --evidence fit's training cells: ELBO and log evidence of truth and fit")
+    parser.add_argument("--gap-full", nargs="*", default=[], metavar="SCREEN",
+                        help="the truth's ELBO with a full-covariance q on the --gap cells (no fit)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
@@ -326,6 +469,10 @@ def main(argv=None) -> None:
                             f"({row['difference']:+.3f} +- {row['difference_se']:.3f}; training cells "
                             f"{row['train_difference']:+.3f}) MCC {row['truth_mcc']:.3f} / "
                             f"{row['fit_mcc']:.3f} {row['seconds']:.0f}s")
+    gap_path = results / "oracle_ceiling_gap_runs.jsonl"
+    run_screens(gap_row, args.gap, gap_path, args.jobs,
+                lambda row: f"{row['screen']:>18}: evidence truth {row['truth_evidence']:.2f} fit {row['fit_iwelbo']:.2f}; "
+                            f"ELBO truth {row['truth_elbo']:.2f} fit {row['fit_elbo']:.2f} {row['seconds']:.0f}s")
     evidence_runs = [read_runs(path) for path in sorted(results.glob("oracle_ceiling_evidence*_runs.jsonl"))]
     evidence = pd.concat(evidence_runs) if evidence_runs else pd.DataFrame()
     screens_table = table(read_runs(runs_path), read_runs(fits_path), results)
@@ -334,7 +481,11 @@ def main(argv=None) -> None:
     evidence = evidence_table(evidence) if len(evidence) else None
     if evidence is not None:
         _plot_evidence(evidence, results / "oracle_ceiling_evidence.png")
-    print(report(screens_table, command.strip(), results / "oracle_ceiling.md", evidence))
+    full_path = results / "oracle_ceiling_gap_full_runs.jsonl"
+    run_screens(gap_full_row, args.gap_full, full_path, args.jobs,
+                lambda row: f"{row['screen']:>18}: truth ELBO, full covariance {row['truth_elbo_full']:.2f} {row['seconds']:.0f}s")
+    gap = gap_table(read_runs(gap_path), read_runs(full_path)) if gap_path.exists() else None
+    print(report(screens_table, command.strip(), results / "oracle_ceiling.md", evidence, gap))
 
 
 if __name__ == "__main__":

@@ -165,3 +165,55 @@ def test_oracle_ceiling_evidence_section_counts_screens_where_the_truth_is_ahead
     (tmp_path / "recovery_grid_runs.jsonl").write_text(json.dumps(_row("base", 0, 0, "spike_and_slab", 0.9)) + "\n")
     page = oracle_ceiling.report(oracle_ceiling.table(oracle, pd.DataFrame(), tmp_path), "cmd", tmp_path / "p.md", table)
     assert "## Does the likelihood prefer the truth?" in page and "| latents20 | dev | 20 |" in page
+
+
+def test_oracle_ceiling_gap_section_names_screens_whose_elbo_prefers_the_fit(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import oracle_ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = pd.DataFrame([  # paper: the truth's evidence is higher, its mean-field ELBO lower than the fit's
+        {"screen": "paper", "part": "dev", "cells": 1000, "truth_evidence": -330.0, "fit_iwelbo": -334.0,
+         "truth_elbo": -340.0, "fit_elbo": -339.0, "fit_best_elbo": -338.0, "elbo_difference_se": 0.2,
+         "best_elbo_difference_se": 0.2},
+        {"screen": "base", "part": "dev", "cells": 1000, "truth_evidence": -290.0, "fit_iwelbo": -290.5,
+         "truth_elbo": -291.0, "fit_elbo": -293.0, "fit_best_elbo": -292.0, "elbo_difference_se": 0.2,
+         "best_elbo_difference_se": 0.2}])
+    table = oracle_ceiling.gap_table(rows)
+    assert list(table.index) == ["base", "paper"]  # smallest evidence difference first
+    assert table.loc["paper", "evidence_difference"] == pytest.approx(4.0)
+    assert table.loc["paper", "best_elbo_difference"] == pytest.approx(-2.0)
+    assert table.loc["paper", "truth_gap"] == pytest.approx(10.0) and table.loc["paper", "fit_gap"] == pytest.approx(4.0)
+    assert table.loc["base", "amortisation_gap"] == pytest.approx(1.0)
+    lines = "\n".join(oracle_ceiling._gap_lines(table))
+    assert "(difference > 2 SE): 1 of 2 (base); the fit's higher: 1 (paper); within 2 SE: 0" in lines
+    assert "truth 1.00 to 10.00 nats, fit 1.50 to 4.00; the fit's encoder is 1.00 to 1.00 below" in lines
+    assert oracle_ceiling._gap_lines(None) == []
+    full = pd.DataFrame([{"screen": "paper", "truth_elbo_full": -333.0}, {"screen": "base", "truth_elbo_full": -290.5}])
+    table = oracle_ceiling.gap_table(rows, full)
+    assert table.loc["paper", "truth_gap_full"] == pytest.approx(3.0)
+    assert "full-covariance q (`--gap-full`): 0.50 to 3.00 nats" in "\n".join(oracle_ceiling._gap_lines(table))
+
+
+def test_fit_best_elbo_starts_at_the_encoder_climbs_and_gives_the_encoder_back():
+    import pyro_svae
+
+    from .conftest import FAST, make_screen
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import oracle_ceiling
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    adata = make_screen()
+    model = pyro_svae.fit(adata, **FAST)
+    cells = adata[:60].copy()
+    cells.obs["cell"] = cells.obs_names
+    latent = model.get_latent(cells)
+    encoder = np.mean([model.elbo(cells, by="cell", seed=s)[cells.obs_names].to_numpy() for s in range(50)], 0)
+    start = oracle_ceiling.fit_best_elbo(model, cells, steps=0, n_eval=50)
+    best = oracle_ceiling.fit_best_elbo(model, cells, steps=300)
+    assert start.shape == (60,) and abs(start.mean() - encoder.mean()) < 0.5  # one draw each: Monte Carlo only
+    assert best.mean() > start.mean() + 0.5  # a three-epoch encoder is far from each cell's optimum
+    np.testing.assert_array_equal(model.get_latent(cells), latent)  # the encoder is back in place

@@ -5,7 +5,7 @@ import pytest
 
 from pyro_svae import metrics
 from pyro_svae.datasets import simulate
-from pyro_svae.datasets.oracle import true_posterior, true_prior_mean
+from pyro_svae.datasets.oracle import true_elbo, true_posterior, true_prior_mean
 
 SMALL = dict(n_perturbations=6, n_latent=3, n_genes=40, n_cells_per_perturbation=40, n_control=60, max_targets=1,
              shift_size=3.0, decoder_layers=2, n_hidden=16)
@@ -104,3 +104,22 @@ def test_log_evidence_matches_brute_force(dispersion, library):
     np.testing.assert_allclose(posterior.log_evidence, brute, atol=0.2)
     assert np.abs(posterior.log_evidence - brute).mean() < 0.03
     assert np.all(np.isfinite(posterior.log_evidence)) and np.all(posterior.log_evidence < 0)
+
+
+def test_true_elbo_is_the_evidence_where_the_posterior_is_gaussian_and_below_it_elsewhere():
+    # Poisson cells without a count: p(x = 0 | z) = exp(-library) whatever z, so the posterior is the
+    # prior N(shift, I), a mean-field Gaussian, and the best ELBO is the log evidence, -library, exactly
+    empty = simulate(**SMALL, library_size=1e-3, dispersion=None, seed=1)
+    empty = empty[np.asarray(empty.X).sum(1) == 0][:40].copy()
+    np.testing.assert_allclose(true_elbo(empty, steps=100, library="true"), -empty.obs["true_library"], atol=1e-4)
+    adata = simulate(**{**SMALL, "n_latent": 2, "n_genes": 20}, library_size=60.0, dispersion=5.0, seed=3)[:25].copy()
+    evidence = true_posterior(adata, n_samples=2048, map_steps=300, library="observed").log_evidence
+    elbo, start = true_elbo(adata), true_elbo(adata, steps=0)
+    assert elbo.shape == (25,) and np.all(elbo < evidence + 0.2)  # Jensen, up to the Monte Carlo error of both
+    assert -0.05 < np.mean(evidence - elbo) < 0.5 and np.mean(elbo - start) > 0.02  # the optimiser improves on its start
+    full = true_elbo(adata, covariance="full")  # a wider family: no lower, and still below the evidence
+    assert np.mean(full - elbo) > -0.01 and np.all(full < evidence + 0.2)
+    with pytest.raises(ValueError, match="n_draws, n_eval, chunk >= 1.*0"):
+        true_elbo(adata, n_draws=0)
+    with pytest.raises(ValueError, match="covariance to be 'diagonal' or 'full'.*'low_rank'"):
+        true_elbo(adata, covariance="low_rank")

@@ -14,7 +14,9 @@ approximation: the MAP of each cell (Adam on the log joint), the Hessian there (
 floored), and a Gaussian proposal slightly wider than it, mixed with the prior. The same weights
 estimate each cell's log evidence ``log p(x | a)`` under the true model (every constant
 included), to set against a fitted model's IWELBO on the same cells: which of the two the
-likelihood prefers.
+likelihood prefers. :func:`true_elbo` is the true model's ELBO with the best mean-field Gaussian
+of each cell (what a fit's guide family could reach for the truth): which of the two the ELBO,
+the objective a fit maximises, prefers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["TruePosterior", "true_posterior", "true_prior_mean"]
+__all__ = ["TruePosterior", "true_elbo", "true_posterior", "true_prior_mean"]
 
 
 class TruePosterior(NamedTuple):
@@ -98,6 +100,20 @@ class _TrueModel:
                 + theta * theta.log()).sum(-1)
 
 
+def _inputs(adata, library: str):
+    """``(true model, prior means, counts, log libraries)`` of every cell, in float64."""
+    if library not in ("true", "observed"):
+        raise ValueError(f"Expected library to be 'true' or 'observed', but got {library!r}.")
+    true_model = _TrueModel(adata)
+    prior_mean = torch.as_tensor(true_prior_mean(adata))
+    counts = torch.as_tensor(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, float))
+    if library == "true":
+        log_library = torch.as_tensor(np.log(np.asarray(_require(adata, "obs", "true_library"), float)))
+    else:  # the total count, floored at 1 as the model's minibatches do
+        log_library = counts.sum(-1).clamp(min=1.0).log()
+    return true_model, prior_mean, counts, log_library
+
+
 def _laplace(true_model, counts, log_library, prior_mean, map_steps, floor):
     z = prior_mean.clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=0.05)
@@ -148,15 +164,7 @@ def true_posterior(adata, n_samples: int = 512, map_steps: int = 400, widen: flo
     if n_samples < 1 or map_steps < 0 or widen < 1 or chunk < 1 or not 0 <= defensive < 1:
         raise ValueError(f"Expected n_samples >= 1, map_steps >= 0, widen >= 1, chunk >= 1 and 0 <= defensive < 1, "
                          f"but got {n_samples}, {map_steps}, {widen}, {chunk} and {defensive}.")
-    if library not in ("true", "observed"):
-        raise ValueError(f"Expected library to be 'true' or 'observed', but got {library!r}.")
-    true_model = _TrueModel(adata)
-    prior_mean_all = torch.as_tensor(true_prior_mean(adata))
-    counts_all = torch.as_tensor(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, float))
-    if library == "true":
-        log_library_all = torch.as_tensor(np.log(np.asarray(_require(adata, "obs", "true_library"), float)))
-    else:  # the total count, floored at 1 as the model's minibatches do
-        log_library_all = counts_all.sum(-1).clamp(min=1.0).log()
+    true_model, prior_mean_all, counts_all, log_library_all = _inputs(adata, library)
     generator = torch.Generator().manual_seed(seed)
     means, maps, ess, evidence = [], [], [], []
     for start in range(0, counts_all.shape[0], chunk):
@@ -183,3 +191,55 @@ def true_posterior(adata, n_samples: int = 512, map_steps: int = 400, widen: flo
         ess.append(1.0 / (weights ** 2).sum(0))
         evidence.append(torch.logsumexp(log_w, dim=0) - np.log(n_samples))
     return TruePosterior(*(torch.cat(part).numpy() for part in (means, maps, ess, evidence)))
+
+
+def true_elbo(adata, steps: int = 300, n_draws: int = 16, n_eval: int = 256, chunk: int = 500, seed: int = 0,
+              library: str = "observed", covariance: str = "diagonal") -> np.ndarray:
+    """Each cell's ELBO under the simulator's own model with its best Gaussian ``q(z)`` ``[n_cells]``.
+
+    ``E_q[log p(x | z)] - KL(q || p(z | a))`` (every constant included, as :func:`true_posterior`'s
+    ``log_evidence``), ``q = N(m, L L^T)`` fitted per cell by Adam (learning rate 0.02, ``steps`` steps
+    of ``n_draws`` reparameterised draws) from the Laplace approximation and scored on ``n_eval`` fresh
+    draws. ``covariance="diagonal"``: a mean-field ``q``, the family of a fit's guide, started from the MAP
+    and ``1 / diag(precision)``; its gap to the log evidence is what that family costs the truth.
+    ``"full"``: any covariance (``L`` lower triangular), started from the Laplace approximation itself.
+    ``library`` as in :func:`true_posterior`.
+    """
+    if steps < 0 or n_draws < 1 or n_eval < 1 or chunk < 1:
+        raise ValueError(f"Expected steps >= 0 and n_draws, n_eval, chunk >= 1, but got {steps}, {n_draws}, "
+                         f"{n_eval} and {chunk}.")
+    if covariance not in ("diagonal", "full"):
+        raise ValueError(f"Expected covariance to be 'diagonal' or 'full', but got {covariance!r}.")
+    true_model, prior_mean_all, counts_all, log_library_all = _inputs(adata, library)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, counts_all.shape[0], chunk):
+        part = slice(start, start + chunk)
+        counts, log_library, prior_mean = counts_all[part], log_library_all[part], prior_mean_all[part]
+        z_map, vectors, precisions = _laplace(true_model, counts, log_library, prior_mean, 400, floor=0.5)
+        if covariance == "full":
+            tril = torch.linalg.cholesky(torch.einsum("nij,nj,nkj->nik", vectors, 1 / precisions, vectors))
+            log_diagonal = tril.diagonal(dim1=-2, dim2=-1).log()
+        else:  # the mean-field Gaussian closest to the Laplace approximation: 1 / diag(precision matrix)
+            tril = torch.zeros(z_map.shape + z_map.shape[-1:], dtype=z_map.dtype)
+            log_diagonal = -0.5 * torch.einsum("nij,nj->ni", vectors ** 2, precisions).log()
+        mean, log_diagonal = z_map.clone().requires_grad_(True), log_diagonal.requires_grad_(True)
+        below = torch.tril(tril, -1).requires_grad_(covariance == "full")  # zero and fixed for a mean-field q
+
+        def elbo(n):  # [n_cells]: E_q[log p(x | z)] by Monte Carlo less KL(q || N(shift, I)) exactly
+            scale = torch.tril(below, -1) + torch.diag_embed(log_diagonal.exp())  # L [n, K, K]
+            draws = torch.randn((n,) + mean.shape, generator=generator, dtype=mean.dtype)
+            z = mean + torch.einsum("nij,snj->sni", scale, draws)
+            log_lik = true_model.log_joint(z, counts, log_library, prior_mean) + 0.5 * ((z - prior_mean) ** 2).sum(-1)
+            kl = 0.5 * ((scale ** 2).sum((-1, -2)) + ((mean - prior_mean) ** 2).sum(-1) - mean.shape[-1]) \
+                - log_diagonal.sum(-1)
+            return log_lik.mean(0) + true_model.log_constant(counts) - kl
+
+        optimizer = torch.optim.Adam([mean, log_diagonal] + ([below] if covariance == "full" else []), lr=0.02)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (-elbo(n_draws).sum()).backward()
+            optimizer.step()
+        with torch.no_grad():
+            out.append(elbo(n_eval))
+    return torch.cat(out).numpy()
