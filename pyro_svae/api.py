@@ -42,8 +42,8 @@ def _check(name: str, value, ok: bool, expected: str) -> None:
 def model_config(perturbation_key: str = "perturbation", control: Optional[str] = "control", *,
                  layer: Optional[str] = None, batch_key: Optional[str] = None, n_latent: int = 10,
                  prior: Union[str, Callable] = "spike_and_slab", prior_options: Optional[dict] = None,
-                 likelihood: str = "nb", n_hidden: int = 128, n_layers: int = 2, separator: Optional[str] = "+",
-                 allow_non_integer: bool = False):
+                 likelihood: str = "nb", n_hidden: int = 128, n_layers: int = 2, encoder: str = "counts",
+                 separator: Optional[str] = "+", allow_non_integer: bool = False):
     """The :class:`SVAEConfig` of ``fit``'s model options, and the prior (name or function) to build."""
     _check("n_latent", n_latent, isinstance(n_latent, int) and n_latent >= 1, "to be an integer >= 1")
     get_likelihood(likelihood)
@@ -53,7 +53,7 @@ def model_config(perturbation_key: str = "perturbation", control: Optional[str] 
         prior = prior.func
     config = SVAEConfig(
         n_latent=n_latent, prior=prior if isinstance(prior, str) else prior_name(prior),
-        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
+        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers, encoder=encoder,
         perturbation_key=perturbation_key, control=control, layer=layer, batch_key=batch_key,
         separator=separator, allow_non_integer=allow_non_integer,
     )
@@ -76,6 +76,7 @@ def fit(
     likelihood: str = "nb",
     n_hidden: int = 128,
     n_layers: int = 2,
+    encoder: str = "counts",
     batch_size: int = 256,
     max_epochs: Union[int, str] = "auto",
     lr: float = 1e-3,
@@ -119,6 +120,8 @@ def fit(
     prior_options : dict, optional
         Keyword options of the prior, e.g. ``{"min_shift": 1.0}`` for ``spike_and_slab``.
     likelihood : {"nb", "zinb", "poisson"}
+    encoder : {"counts", "conjugate", "full"}
+        ``q(z | x)`` mean-field; a factor of the counts times the cell's prior; or with a full covariance (:mod:`~pyro_svae.nets`).
     max_epochs, kl_warmup_epochs : int or "auto"
         ``"auto"``: about 28,000 optimisation steps (50 to 2,000 epochs), warm-up over the first fortieth of them.
     lr, prior_lr, lr_decay : float
@@ -195,7 +198,7 @@ def fit(
     _check("max_epochs", max_epochs, isinstance(max_epochs, int) and max_epochs >= 1, "to be 'auto' or an integer >= 1")
     config, prior = model_config(
         perturbation_key, control, layer=layer, batch_key=batch_key, n_latent=n_latent, prior=prior,
-        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers,
+        prior_options=prior_options, likelihood=likelihood, n_hidden=n_hidden, n_layers=n_layers, encoder=encoder,
         separator=separator, allow_non_integer=allow_non_integer)
     train_config = TrainConfig(
         batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, lr_decay=lr_decay,
@@ -286,13 +289,10 @@ def fit(
 
 
 def load(path, prior: Optional[Callable] = None, device=None, adata=None) -> SVAE:
-    """Load a model written by :meth:`SVAE.save`. A custom prior function must be passed again.
-
-    ``adata`` becomes the model's default data; it must have the model's genes.
-    """
+    """Load a model written by :meth:`SVAE.save` (a custom prior function must be passed again); ``adata``
+    becomes the model's default data and must have the model's genes."""
     document, tensors = read(path)
-    device = resolve_device(device)
-    components, params = restore(document, tensors, prior, device)
+    components, params = restore(document, tensors, prior, device := resolve_device(device))
     model = SVAE(components, params, history=pd.DataFrame(document["history"]), restarts=document.get("restarts"),
                  train_config=TrainConfig(**document["train_config"]), device=device, adata=adata)
     if adata is not None:

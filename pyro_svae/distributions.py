@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from torch.distributions import constraints
+from torch.distributions import Independent, MultivariateNormal, Normal, constraints, register_kl
 
-__all__ = ["StraightThroughBernoulli", "InclusionProbability"]
+__all__ = ["StraightThroughBernoulli", "InclusionProbability", "kl_mvn_diagonal"]
 
 #: Inclusion probabilities are kept this far from 0 and 1, where ``a log a`` has an infinite slope.
 _EPS = 1e-6
@@ -60,3 +60,20 @@ class InclusionProbability(dist.TorchDistribution):
         cross_entropy = a * F.logsigmoid(self.logits) + (1 - a) * F.logsigmoid(-self.logits)
         entropy = -(a * torch.log(a) + (1 - a) * torch.log1p(-a))
         return cross_entropy + entropy
+
+
+@register_kl(MultivariateNormal, Independent)
+def kl_mvn_diagonal(p: MultivariateNormal, q: Independent) -> torch.Tensor:
+    """``KL(N(m, L L^T) || N(mu, diag(s^2)))`` in closed form (a full-covariance encoder against the
+    cells' prior ``Normal(delta, 1).to_event(1)``), so that ``TraceMeanField_ELBO`` takes it exactly::
+
+        KL = (sum_kj L_kj^2 / s_k^2 + |(mu - m) / s|^2 - K) / 2 + sum log s - sum log L_kk
+    """
+    if not isinstance(q.base_dist, Normal) or q.reinterpreted_batch_ndims != 1:
+        raise NotImplementedError
+    scale = q.base_dist.scale.expand(q.base_dist.batch_shape)
+    tril = p.scale_tril
+    trace = (tril.pow(2).sum(-1) / scale.pow(2)).sum(-1)
+    mahalanobis = ((q.base_dist.loc - p.loc) / scale).pow(2).sum(-1)
+    log_det = scale.log().sum(-1) - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + mahalanobis - p.event_shape[-1]) + log_det

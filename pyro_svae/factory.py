@@ -33,6 +33,8 @@ class SVAEConfig:
     likelihood: str = "nb"
     n_hidden: int = 128
     n_layers: int = 2
+    #: the family of q(z | ...): ``"counts"``, ``"conjugate"`` or ``"full"`` (:data:`pyro_svae.nets.ENCODERS`)
+    encoder: str = "counts"
     perturbation_key: str = "perturbation"
     control: Optional[str] = "control"
     layer: Optional[str] = None
@@ -104,7 +106,7 @@ def build(config: SVAEConfig, layout: Layout, prior: Optional[Callable] = None, 
     prior_fn = resolve_prior(prior, n_cells=layout.cells_per_perturbation, **config.prior_options)
     if nets is None:
         nets = Networks(len(layout.genes), config.n_latent, config.n_hidden, config.n_layers, layout.n_batches,
-                        zero_inflated=likelihood.zero_inflated)
+                        zero_inflated=likelihood.zero_inflated, encoder=config.encoder)
     sites = describe_prior(prior_fn, len(layout.perturbations), config.n_latent)
     return Components(config, layout, nets, prior_fn, sites, PriorGuide(sites), likelihood, source=prior)
 

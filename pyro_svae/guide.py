@@ -21,12 +21,13 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import biject_to
 
 from .distributions import StraightThroughBernoulli
-from .model import CELLS_DIM
+from .model import CELLS_DIM, cell_shifts
 from .nets import Networks
 from .plates import prior_scope
+from .priors import ShiftMoments
 from .sites import ROLE_CONSTRAINTS, PriorSite, base_distribution
 
-__all__ = ["PriorGuide", "guide"]
+__all__ = ["PriorGuide", "guide", "encode"]
 
 
 def _prior_conditional(fn: dist.Distribution, name: str) -> dist.Distribution:
@@ -95,6 +96,25 @@ class PriorGuide(Messenger):
             return prior(n_perturbations, n_latent)
 
 
+def encode(nets: Networks, batch: dict, delta: Optional[torch.Tensor] = None) -> dist.Distribution:
+    """``q(z | x)`` of a minibatch's cells: a Gaussian of event shape ``[K]``, batch shape ``[..., B]``
+    (``Normal(loc, scale).to_event(1)``, or ``MultivariateNormal`` for a full-covariance encoder).
+
+    A conjugate encoder (``fit(encoder="conjugate")``) also takes each cell's prior ``N(shift, I)``:
+    ``delta`` ``[..., P, K]`` are the effective shifts (a draw, or their posterior mean), which the
+    other encoders ignore.
+    """
+    prior_loc = None
+    if nets.encoder.conjugate:
+        if delta is None:
+            raise ValueError("A conjugate encoder needs the effective shifts delta [P, K], but got None.")
+        prior_loc = cell_shifts(delta, batch["perturbations"])  # [..., B, K]
+    loc, scale = nets.encoder(batch["counts"], batch["batch"], prior_loc)
+    if nets.encoder.full_covariance:
+        return dist.MultivariateNormal(loc, scale_tril=scale)
+    return dist.Normal(loc, scale).to_event(1)
+
+
 def guide(
     library: torch.Tensor,
     perturbations: torch.Tensor,
@@ -116,12 +136,15 @@ def guide(
 
         prior sites ~ q(.)                        # the prior, each site drawn from its guide
         z[i] ~ Normal(encoder(counts[i], b[i]))   # [K], amortized over cells
+        # encoder="conjugate": that Normal times N(sum delta[a(i)], 1), normalised; "full": a
+        # MultivariateNormal (:func:`encode`)
     """
     with poutine.scale(scale=kl_weight):
-        prior_guide.sample(prior, n_perturbations, nets.n_latent, library.device)
+        delta = prior_guide.sample(prior, n_perturbations, nets.n_latent, library.device)  # [P, K] or ShiftMoments
+    delta = (delta.mean if isinstance(delta, ShiftMoments) else delta).to(library.device)
     pyro.module("encoder", nets.encoder)
     n_batch = library.shape[0]
     with pyro.plate("cells", n_cells or n_batch, subsample=cell_index, dim=CELLS_DIM):
-        loc, scale = nets.encoder(counts, batch)
+        q = encode(nets, {"counts": counts, "batch": batch, "perturbations": perturbations}, delta)
         with poutine.scale(scale=kl_weight):
-            return pyro.sample("z", dist.Normal(loc, scale).to_event(1))  # [B, K]
+            return pyro.sample("z", q)  # [B, K]

@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from .factory import Components
+from .guide import encode
 from .likelihoods import count_distribution, dispersion_param
 from .model import cell_shifts
 from .posterior import GlobalDraws
@@ -66,15 +67,15 @@ def iwelbo(components: Components, batch: dict, draws: GlobalDraws) -> torch.Ten
     """
     nets = components.nets
     n_samples, n_cells = draws.n_draws, batch["library"].shape[0]
-    loc, scale = nets.encoder(batch["counts"], batch["batch"])
-    q = dist.Normal(loc, scale)
     dispersion = dispersion_param(components.likelihood, nets.n_genes)
     chunk = max(1, MAX_ELEMENTS // max(1, n_cells * batch["counts"].shape[-1]))
     log_weights = []
     for start in range(0, n_samples, chunk):
         part = _draws_slice(draws, start, start + chunk)
-        z = q.sample((part.n_draws,))  # [s, B, K]
+        # q(z | x), or for a conjugate encoder q(z | x, delta) of each draw: [s, B, K]
+        q = encode(nets, batch, part.delta).expand((part.n_draws, n_cells))
+        z = q.sample()  # [s, B, K]
         counts = count_distribution(nets.decoder, components.likelihood, z, batch["batch"], batch["library"], dispersion)
         log_lik = counts.log_prob(batch["counts"]).sum(-1)  # [s, B]
-        log_weights.append(log_lik + log_prior_z(z, part, batch["perturbations"]) - q.log_prob(z).sum(-1))
+        log_weights.append(log_lik + log_prior_z(z, part, batch["perturbations"]) - q.log_prob(z))
     return torch.logsumexp(torch.cat(log_weights), dim=0) - np.log(n_samples)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .guide import encode
 from .heldout import MAX_ELEMENTS, log_prior_z
 from .likelihoods import count_distribution, dispersion_param
 from .posterior import GlobalDraws, draw_globals
@@ -35,20 +36,20 @@ def _log_likelihood(components, screen, device, draws, cells: np.ndarray, n_impo
 
     The same ``J`` latents serve every draw (common random numbers: the draws' values differ by
     the prior term alone, not by independent importance-sampling noise), and the decoder, a point
-    estimate, is evaluated once per latent."""
+    estimate, is evaluated once per latent. A conjugate encoder proposes at the draws' mean shifts."""
     data = DataOnDevice(screen, device)
+    shifts = draws.delta.mean(0) if components.nets.encoder.conjugate else None  # [P, K]
     dispersion = dispersion_param(components.likelihood, components.nets.n_genes)
     out = np.empty((draws.n_draws, len(cells)), np.float64)
     size = max(1, min(batch_size, MAX_ELEMENTS // max(1, n_importance * screen.n_genes)))
     for start in range(0, len(cells), size):
         chunk = np.arange(start, min(start + size, len(cells)))
         batch = data.minibatch(cells[chunk])
-        loc, scale = components.nets.encoder(batch["counts"], batch["batch"])
-        q = torch.distributions.Normal(loc, scale)
+        q = encode(components.nets, batch, shifts)
         z = q.sample((n_importance,))  # [J, B, K]
         counts = count_distribution(components.nets.decoder, components.likelihood, z, batch["batch"],
                                     batch["library"], dispersion)
-        log_weight = counts.log_prob(batch["counts"]).sum(-1) - q.log_prob(z).sum(-1)  # [J, B]
+        log_weight = counts.log_prob(batch["counts"]).sum(-1) - q.log_prob(z)  # [J, B]
         for s in range(draws.n_draws):
             one = GlobalDraws({}, *(None if t is None else t[s:s + 1].expand((n_importance,) + t.shape[1:])
                                     for t in draws[1:]))

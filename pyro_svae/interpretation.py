@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from .factory import Components
-from .posterior import draw_globals
+from .guide import encode
+from .posterior import draw_globals, expected_shifts
 
 __all__ = ["gene_programs", "perturbation_effects", "top_genes", "enrichment"]
 
@@ -37,9 +38,12 @@ def gene_programs(components: Components, minibatches, n_cells: int) -> pd.DataF
     """
     n_latent = components.config.n_latent
     total = torch.zeros(n_latent, len(components.layout.genes), dtype=torch.float64)
+    shifts = None
     for _, batch in minibatches:
         with torch.no_grad():
-            z = components.nets.encoder(batch["counts"], batch["batch"])[0]
+            if shifts is None and components.nets.encoder.conjugate:
+                shifts = expected_shifts(components, batch["counts"].device)
+            z = encode(components.nets, batch, shifts).mean
         for k in range(n_latent):
             tangent = torch.zeros_like(z)
             tangent[:, k] = 1.0

@@ -20,6 +20,7 @@ import torch
 
 from .data import encode_perturbations
 from .factory import Components
+from .guide import encode
 from .likelihoods import count_distribution, dispersion_param, sample_counts
 from .model import cell_shifts
 from .posterior import MAX_DRAW_ELEMENTS, draw_globals
@@ -192,8 +193,8 @@ def counterfactual_counts(components: Components, minibatches, n_cells: int, tar
     out = None
     with torch.no_grad():
         for index, batch in minibatches:
-            loc, scale = components.nets.encoder(batch["counts"], batch["batch"])
-            z = torch.distributions.Normal(loc, scale).sample((num_samples,))  # [S, B, K] abduction
+            q = encode(components.nets, batch, draws.delta)  # batch [B] (conjugate: [S, B], each draw's)
+            z = q.expand((num_samples,) + q.batch_shape[-1:]).sample()  # [S, B, K] abduction
             # per draw s of the globals: remove the cell's own shift, add that of the target
             own = cell_shifts(shifts, batch["perturbations"])  # [S, B, K]
             new = cell_shifts(shifts, target.expand(len(index), -1))

@@ -23,6 +23,7 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
 from .factory import Components
+from .guide import encode
 from .likelihoods import count_distribution, dispersion_param
 from .model import cell_shifts
 from .plates import prior_scope
@@ -100,10 +101,9 @@ def cell_terms(components: Components, batch: dict, delta, variance=None):
     per latent, which makes the expectation over the masks exact.
     """
     nets = components.nets
-    loc, scale = nets.encoder(batch["counts"], batch["batch"])
-    q = dist.Normal(loc, scale)
+    q = encode(nets, batch, delta)  # event shape [K]
     z = q.rsample()  # [B, K]
-    kl = kl_divergence(q, dist.Normal(cell_shifts(delta, batch["perturbations"]), 1.0)).sum(-1)
+    kl = kl_divergence(q, dist.Normal(cell_shifts(delta, batch["perturbations"]), 1.0).to_event(1))  # [B]
     if variance is not None:
         kl = kl + 0.5 * cell_shifts(variance, batch["perturbations"]).sum(-1)
     dispersion = dispersion_param(components.likelihood, nets.n_genes, batch["library"].device)

@@ -24,10 +24,12 @@ from .model import call_prior
 from .priors import ShiftMoments
 from .sites import base_distribution
 
-__all__ = ["GlobalDraws", "draw_globals", "MAX_DRAW_ELEMENTS"]
+__all__ = ["GlobalDraws", "draw_globals", "expected_shifts", "MAX_DRAW_ELEMENTS", "EXPECTED_DRAWS"]
 
 #: Bound on ``draws x perturbations x latents`` values drawn at once.
 MAX_DRAW_ELEMENTS = 2 ** 24
+#: Guide draws averaged by :func:`expected_shifts`.
+EXPECTED_DRAWS = 200
 
 
 class GlobalDraws(NamedTuple):
@@ -149,3 +151,16 @@ def draw_globals(components: Components, num_samples: int, device=None, vectoriz
     if inclusion is not None:
         slab = torch.where(inclusion > 0, delta / inclusion.clamp(min=1e-30), torch.zeros_like(delta))
     return GlobalDraws(stacked, delta, slab, inclusion, variance)
+
+
+def expected_shifts(components: Components, device=None) -> Optional[torch.Tensor]:
+    """The posterior mean of the effective shifts ``[P, K]`` that a conjugate encoder needs where no
+    draw of the globals is at hand (a cell's posterior mean latent is linear in it); ``None`` for a
+    counts-only encoder. The mean of :data:`EXPECTED_DRAWS` guide draws, seeded: the same model
+    gives the same latents, and the caller's random stream is left as it was."""
+    if not components.nets.encoder.conjugate:
+        return None
+    device = torch.device("cpu") if device is None else torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        return draw_globals(components, EXPECTED_DRAWS, device).delta.mean(0)

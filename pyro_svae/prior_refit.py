@@ -16,7 +16,8 @@ of the encoder means of the ``n_u`` cells of label ``u``: the decoder does not e
 statistics are computed once. Adam then runs on the prior's guide parameters alone, on the
 training cells (those whose number the prior's sparsity is scaled by), so the inclusion
 probabilities are the variational posterior of each mask given those cells of its perturbation
-and the networks.
+and the networks. A conjugate encoder's means depend on the shifts too: they are taken at the
+current posterior mean shifts and held fixed, a coordinate step on the ELBO.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import torch
 
 from .factory import Components
 from .model import cell_shifts
+from .guide import encode
 from .objective import global_elbo, run_prior, shift_moments
+from .posterior import expected_shifts
 from .runtime import DataOnDevice, param_scope
 
 __all__ = ["refit_prior", "REFIT_STEPS"]
@@ -41,9 +44,9 @@ REFIT_STEPS = 500
 REFIT_LR = (0.05, 0.005)
 
 
-def label_statistics(components: Components, screen, device, cells=None, batch_size: int = 1024):
+def label_statistics(components: Components, screen, device, cells=None, batch_size: int = 1024, shifts=None):
     """``(codes [U, M], n [U], sum of encoder means [U, K])`` per distinct label of the screen's
-    cells (``cells``: positions, default all)."""
+    cells (``cells``: positions, default all); ``shifts`` ``[P, K]`` are those a conjugate encoder is given."""
     cells = np.arange(screen.n_cells) if cells is None else np.asarray(cells)
     codes, inverse = np.unique(np.asarray(screen.perturbations)[cells], axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -55,7 +58,7 @@ def label_statistics(components: Components, screen, device, cells=None, batch_s
     with torch.no_grad():
         for start in range(0, len(cells), batch_size):
             batch = data.minibatch(cells[start:start + batch_size])
-            loc, _ = nets.encoder(batch["counts"], batch["batch"])
+            loc = encode(nets, batch, shifts).mean  # [B, K]
             sums.index_add_(0, torch.as_tensor(inverse[start:start + batch_size], device=device), loc)
     nets.train(was_training)
     counts = torch.as_tensor(np.bincount(inverse, minlength=len(codes)), dtype=sums.dtype, device=device)
@@ -83,7 +86,9 @@ def refit_prior(components: Components, params: dict, screen, device, cells=None
     names = {name for site in components.sites for name in site.params.values()}
     if not names or steps <= 0:
         return 0
-    codes, counts, sums = label_statistics(components, screen, device, cells)
+    with param_scope(params):
+        shifts = expected_shifts(components, device)  # None unless the encoder is conjugate
+    codes, counts, sums = label_statistics(components, screen, device, cells, shifts=shifts)
     if seed is not None:
         torch.manual_seed(seed)
     with param_scope(params) as store:

@@ -22,7 +22,8 @@ from . import heldout, inference_data, interpretation, interventions, persistenc
 from .data import ScreenData, read_screen
 from .elbo import local_elbo
 from .factory import Components
-from .posterior import draw_globals
+from .guide import encode
+from .posterior import draw_globals, expected_shifts
 from .runtime import DataOnDevice, param_scope, per_cell
 from .train import TrainConfig
 
@@ -110,9 +111,9 @@ class SVAE:
     def get_latent(self, adata=None, batch_size: int = 1024) -> np.ndarray:
         """Posterior mean of ``z`` for each cell: ``[n_cells, n_latent]``."""
         screen = self._read(adata)
-        with torch.no_grad():
-            return per_cell(self._minibatches(screen, batch_size), screen.n_cells,
-                            lambda b: self.nets.encoder(b["counts"], b["batch"])[0])
+        with self.scope(), torch.no_grad():
+            shifts = expected_shifts(self.components, self.device)  # None unless the encoder is conjugate
+            return per_cell(self._minibatches(screen, batch_size), screen.n_cells, lambda b: encode(self.nets, b, shifts).mean)
 
     def elbo(self, adata=None, by: Optional[str] = None, batch_size: int = 1024, seed: Optional[int] = None):
         """Per-cell ELBO ``E_q[log p(x | z)] - KL(q(z | x) || p(z | delta))``, averaged over cells.

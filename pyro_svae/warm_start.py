@@ -125,7 +125,8 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     delta = params["params"][shift.params["locs"]].detach().cpu().numpy()  # the guide's mean shifts [P, K]
     controls = np.flatnonzero(_is_control(screen.perturbations, screen.n_perturbations))
     if len(controls):
-        _, n_cells, sums = label_statistics(components, screen, device, cells=controls)
+        _, n_cells, sums = label_statistics(components, screen, device, cells=controls,
+                                            shifts=torch.as_tensor(delta, device=device))
         origin = (sums.sum(0) / n_cells.sum()).cpu().numpy().astype(delta.dtype)  # the controls' mean latent [K]
         rotation = sparsest_rotation(delta - origin, seed=train_config.seed)
         translation = origin @ rotation

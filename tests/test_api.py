@@ -202,3 +202,25 @@ def test_steps_per_epoch_count_the_last_partial_minibatch_and_set_the_auto_epoch
     assert [steps_per_epoch(n, 256) for n in (1, 256, 257, 4300)] == [1, 1, 2, 17]
     assert auto_max_epochs(4300, 256) == round(TARGET_STEPS / 17)
     assert (auto_max_epochs(10**7, 256), auto_max_epochs(10, 256)) == AUTO_EPOCHS == (50, 2000)  # the bounds
+
+
+def test_conjugate_encoder_uses_each_cells_label_and_round_trips(tmp_path):
+    adata = make_screen(seed=2)
+    model = pyro_svae.fit(adata, encoder="conjugate", **FAST)
+    state = torch.random.get_rng_state()
+    latent = model.get_latent()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the mean shifts are drawn on their own stream
+    assert np.array_equal(latent, model.get_latent())
+    relabelled = adata.copy()
+    moved = (relabelled.obs["perturbation"] == "p0").to_numpy()
+    relabelled.obs["perturbation"] = relabelled.obs["perturbation"].astype(str).where(~moved, "control")
+    shifted = model.get_latent(relabelled)  # the same counts with another label: q(z | x, a) moves
+    assert np.array_equal(shifted[~moved], latent[~moved]) and not np.allclose(shifted[moved], latent[moved])
+    model.save(tmp_path / "model")
+    loaded = pyro_svae.load(tmp_path / "model", adata=adata)
+    assert loaded.config.encoder == "conjugate"
+    np.testing.assert_allclose(loaded.get_latent(), latent, rtol=1e-5, atol=1e-6)
+    iwelbo, elbo = model.marginal_log_likelihood(n_samples=100, seed=0), model.elbo(seed=0)
+    assert np.isfinite(iwelbo) and iwelbo > elbo
+    with pytest.raises(ValueError, match="encoder.*'amortised'"):
+        pyro_svae.fit(adata, encoder="amortised", **FAST)

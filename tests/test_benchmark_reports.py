@@ -194,6 +194,10 @@ def test_oracle_ceiling_gap_section_names_screens_whose_elbo_prefers_the_fit(tmp
     table = oracle_ceiling.gap_table(rows, full)
     assert table.loc["paper", "truth_gap_full"] == pytest.approx(3.0)
     assert "full-covariance q (`--gap-full`): 0.50 to 3.00 nats" in "\n".join(oracle_ceiling._gap_lines(table))
+    other = rows[rows["screen"] == "paper"].assign(fit_elbo=-338.5, fit_best_elbo=-338.25)  # another encoder's fit
+    lines = "\n".join(oracle_ceiling._encoder_gap_lines(table, {"conjugate": oracle_ceiling.gap_table(other)}))
+    assert '### `fit(encoder="conjugate")` (`--gap --encoder conjugate`)' in lines
+    assert "| paper | -339.00 / -338.50 | -338.00 / -338.25 | 1.00 / 0.25 | -334.00 / -334.00 | -2.00 / -1.75 |" in lines
 
 
 def test_fit_best_elbo_starts_at_the_encoder_climbs_and_gives_the_encoder_back():

@@ -94,6 +94,9 @@ def test_report_states_a_decaying_learning_rate(fitted_run):
     assert "(networks / prior), KL warm-up" in "\n".join(_model_section(model, "cpu"))
     model.train_config = dataclasses.replace(model.train_config, lr_decay=0.1)
     assert "(networks / prior, decaying to 0.1 of that), KL warm-up" in "\n".join(_model_section(model, "cpu"))
+    assert "hidden units\n" in "\n".join(_model_section(model, "cpu"))
+    model.components.config = dataclasses.replace(model.config, encoder="conjugate")
+    assert "hidden units, encoder `conjugate`\n" in "\n".join(_model_section(model, "cpu"))
 
 
 def test_report_command_rebuilds_the_report_and_refuses_a_full_folder(fitted_run, screen_file, tmp_path, capsys):

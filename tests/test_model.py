@@ -14,7 +14,8 @@ from pyro.optim import ClippedAdam
 from pyro_svae.distributions import InclusionProbability, StraightThroughBernoulli
 from pyro_svae.factory import Layout, SVAEConfig, build
 from pyro_svae.model import cell_shifts, model
-from pyro_svae.nets import Networks
+from pyro_svae.guide import encode
+from pyro_svae.nets import Encoder, Networks
 from pyro_svae.priors import AUTO_FRACTION, MIN_SHIFT, PRIORS, plates, resolve_min_shift, resolve_prior
 from pyro_svae.sites import describe_prior
 
@@ -250,3 +251,56 @@ def test_negative_binomial_has_the_values_and_gradients_of_pyros(sample_shape):
 
     broadcast = _BroadcastLgamma.apply(theta[1:].expand(1000, 12))
     assert broadcast.stride() == (0, 1) and torch.equal(broadcast[-1], torch.lgamma(theta[1:]))
+
+
+def test_conjugate_encoder_is_its_factor_times_the_prior_normalised():
+    torch.manual_seed(0)
+    encoder = Encoder(6, 3, 8, 1, conjugate=True)
+    counts, prior_loc = torch.poisson(torch.full((5, 6), 3.0)), 2.0 * torch.randn(5, 3)
+    loc, scale = encoder(counts, None, prior_loc)
+    h = encoder.body(torch.log1p(counts))
+    mean, precision = encoder.loc(h), torch.nn.functional.softplus(encoder.scale(h))
+    z = torch.linspace(-6.0, 6.0, 241)[:, None, None]
+    product = dist.Normal(mean, precision.rsqrt()).log_prob(z) + dist.Normal(prior_loc, 1.0).log_prob(z)
+    ratio = product - dist.Normal(loc, scale).log_prob(z)  # [241, 5, 3]: constant in z iff q is the product
+    assert ratio.std(0).max() < 1e-3
+    assert (scale < 1).all()  # never wider than the prior
+    moved_loc, moved_scale = encoder(counts, None, prior_loc + 1.0)
+    assert torch.allclose(moved_loc - loc, 1.0 / (precision + 1.0), atol=1e-5)
+    assert torch.equal(moved_scale, scale)
+    with pytest.raises(ValueError, match="prior_loc"):
+        encoder(counts)
+
+
+def test_encode_gives_each_cell_its_perturbations_shift_and_names_a_bad_encoder():
+    nets = Networks(6, 2, 8, 1, encoder="conjugate")
+    batch = {"counts": torch.ones(3, 6), "batch": None, "perturbations": torch.tensor([[0, 2], [1, 2], [2, 2]])}
+    delta = torch.tensor([[10.0, 0.0], [0.0, -10.0]])  # [P=2, K]; code 2 pads (a control)
+    loc = encode(nets, batch, delta).mean
+    assert loc[0, 0] > loc[2, 0] + 1 and loc[1, 1] < loc[2, 1] - 1
+    q = encode(nets, batch, delta[None].expand(4, 2, 2))
+    assert (q.batch_shape, q.event_shape) == ((4, 3), (2,))  # one q per draw of the shifts
+    with pytest.raises(ValueError, match="delta"):
+        encode(nets, batch)
+    counts_only = Networks(6, 2, 8, 1)
+    assert torch.equal(encode(counts_only, batch, delta).mean, encode(counts_only, batch).mean)
+    with pytest.raises(ValueError, match="encoder.*'counts', 'conjugate', 'full'.*'amortised'"):
+        Networks(6, 2, 8, 1, encoder="amortised")
+
+
+def test_full_covariance_encoder_starts_mean_field_and_learns_correlations():
+    torch.manual_seed(0)
+    nets = Networks(6, 3, 8, 1, encoder="full")
+    batch = {"counts": torch.poisson(torch.full((5, 6), 3.0)), "batch": None, "perturbations": torch.zeros(5, 1).long()}
+    q = encode(nets, batch)
+    assert isinstance(q, dist.MultivariateNormal) and (q.batch_shape, q.event_shape) == ((5,), (3,))
+    tril = q.scale_tril
+    assert torch.equal(tril, torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1))) and (tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+    target = dist.MultivariateNormal(torch.zeros(3), torch.tensor([[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    optimizer = torch.optim.Adam(nets.encoder.parameters(), lr=0.02)
+    for _ in range(300):  # fit q to a correlated Gaussian: only a full covariance can
+        optimizer.zero_grad()
+        torch.distributions.kl_divergence(encode(nets, batch), target).sum().backward()
+        optimizer.step()
+    covariance = encode(nets, batch).covariance_matrix
+    assert torch.allclose(covariance, target.covariance_matrix.expand(5, 3, 3), atol=0.05)

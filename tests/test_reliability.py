@@ -54,12 +54,15 @@ def test_lr_decay_reaches_its_fraction_at_the_last_planned_step(monkeypatch):
         pyro_svae.fit(make_screen(), **FAST, lr_decay=0)
 
 
-def test_checkpoints_from_before_lr_decay_resume_as_a_constant_rate():
+def test_checkpoints_from_before_lr_decay_and_encoder_resume_as_their_defaults():
     from pyro_svae.checkpoint import check_resumable
 
-    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0})  # written before the setting existed
+    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts"})  # written before the setting existed
     with pytest.raises(ValueError, match="lr_decay was 1.0 in the checkpoint but is 0.5 now"):
-        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 0.5})
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 0.5, "encoder": "counts"})
+    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts"})  # and before fit(encoder=)
+    with pytest.raises(ValueError, match="encoder was 'counts' in the checkpoint but is 'full' now"):
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "full"})
 
 
 def test_keyboard_interrupt_returns_the_model_so_far():
