@@ -72,12 +72,12 @@ def sparse_screen(n_cells: int, n_genes: int = 2000, per_row: int = 100, seed: i
 
 
 # ---- (a) pyro_svae's training step --------------------------------------------------------------
-def pyro_svae_stepper(adata, objective: str = "fused"):
+def pyro_svae_stepper(adata, objective: str = "fused", encoder: str = "counts", n_latent: int = None):
     """One training step of ``fit`` (the body of ``pyro_svae.train.train``'s loop), as a closure.
 
     ``objective="fused"`` is ``fit``'s default (:mod:`pyro_svae.objective`); ``"pyro"`` is Pyro's
-    ``SVI`` with ``TraceMeanField_ELBO`` on the model and guide functions. Call inside a
-    ``param_scope`` of its own.
+    ``SVI`` with ``TraceMeanField_ELBO`` on the model and guide functions. ``encoder`` and ``n_latent``
+    (default ``SETTING``'s) as ``fit``'s. Call inside a ``param_scope`` of its own.
     """
     import pyro
     import torch
@@ -90,8 +90,8 @@ def pyro_svae_stepper(adata, objective: str = "fused"):
     from pyro_svae.runtime import DataOnDevice
 
     data = read_screen(adata)
-    components = build(SVAEConfig(n_latent=SETTING["n_latent"], n_hidden=SETTING["n_hidden"],
-                                  n_layers=SETTING["n_layers"]), layout_of(data))
+    components = build(SVAEConfig(n_latent=n_latent or SETTING["n_latent"], n_hidden=SETTING["n_hidden"],
+                                  n_layers=SETTING["n_layers"], encoder=encoder), layout_of(data))
     prior_names = {name for site in components.sites for name in site.params.values()}
     optimizer = MultiTensorClippedAdam(lambda name: {"lr": 1e-2 if name in prior_names else 1e-3, "clip_norm": 10.0})
     on_device = DataOnDevice(data, torch.device("cpu"))

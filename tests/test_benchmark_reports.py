@@ -221,3 +221,57 @@ def test_fit_best_elbo_starts_at_the_encoder_climbs_and_gives_the_encoder_back()
     assert start.shape == (60,) and abs(start.mean() - encoder.mean()) < 0.5  # one draw each: Monte Carlo only
     assert best.mean() > start.mean() + 0.5  # a three-epoch encoder is far from each cell's optimum
     np.testing.assert_array_equal(model.get_latent(cells), latent)  # the encoder is back in place
+
+
+def test_encoder_speed_table_gives_each_encoder_as_a_ratio_to_the_default():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import encoder_speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = [{"threads": 1, "latents": k, "encoder": e, "seconds": s * k / 10}
+            for k in (10, 20) for e, s in [("full", 0.015), ("counts", 0.010), ("conjugate", 0.012)]]
+    table = encoder_speed.table(rows)
+    assert list(table.columns) == ["counts ms", "conjugate ms", "conjugate / counts", "full ms", "full / counts"]
+    assert table.loc[(1, 20), "counts ms"] == pytest.approx(20.0) and table.loc[(1, 10), "full / counts"] == pytest.approx(1.5)
+
+
+def test_truth_start_table_sets_each_screen_beside_the_defaults_seed_0_fit():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import truth_start
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = pd.DataFrame([{"screen": "paper", "mcc_start": 0.93, "mcc_end": 0.92, "target_f1_start": 1.0,
+                          "target_f1_end": 0.98, "elbo_start": -335.0, "elbo_end": -329.5, "epochs": 300}])
+    defaults = pd.DataFrame([
+        {"screen": "paper", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 0, "mcc": 0.90, "target_f1": 0.96, "elbo": -330.0},
+        {"screen": "paper", "method": "spike_and_slab", "screen_seed": 1, "fit_seed": 1, "mcc": 0.5, "target_f1": 0.5, "elbo": -1.0},
+        {"screen": "paper", "method": "none", "screen_seed": 0, "fit_seed": 0, "mcc": 0.6, "target_f1": 0.0, "elbo": -2.0}])
+    table = truth_start.table(rows, defaults)
+    assert list(table.columns[:6]) == ["mcc_start", "mcc_end", "mcc_defaults", "target_f1_start", "target_f1_end",
+                                       "target_f1_defaults"]
+    assert table.loc["paper", "mcc_defaults"] == pytest.approx(0.90)
+    assert table.loc["paper", "elbo_end_minus_defaults"] == pytest.approx(0.5)
+
+
+def test_start_at_truth_puts_the_latents_and_targets_at_the_simulators():
+    import pyro_svae
+
+    from .conftest import make_screen
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import truth_start
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    adata = make_screen(n_perturbations=6, n_latent=3, seed=2)
+    model = pyro_svae.fit(adata, n_latent=3, n_hidden=16, n_layers=1, warm_start=None, max_epochs=1,
+                          early_stopping=False, progress=False)
+    before = truth_start.scores(model, adata)
+    truth_start.start_at_truth(model, adata, steps=300)
+    after = truth_start.scores(model, adata)
+    assert before["mcc"] < 0.7 and after["mcc"] > 0.9 and after["elbo"] > before["elbo"] + 20
+    names = list(adata.uns["perturbation_names"])
+    targets = adata.uns["true_targets"][[names.index(p) for p in model.perturbation_names]]
+    np.testing.assert_allclose(model.intervention_targets().to_numpy(), np.where(targets, 0.99, 0.01), atol=1e-5)
