@@ -18,16 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import speed
 from recovery_grid import RESULTS, markdown
-
-HERE = Path(__file__).resolve().parent
 
 
 def step_times(adata, n_latent: int, n_steps: int, repeats: int) -> dict:
     """Median seconds per step of ``fit``'s step with each encoder: ``{encoder: seconds}``."""
-    sys.path.insert(0, str(HERE))
-    import speed
-
     from pyro_svae.nets import ENCODERS
     from pyro_svae.runtime import param_scope
 
@@ -76,9 +72,6 @@ def figure(result: pd.DataFrame, path: Path) -> None:
 
 def main(argv=None) -> None:
     import torch
-
-    sys.path.insert(0, str(HERE))
-    import speed
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1])

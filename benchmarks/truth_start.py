@@ -33,15 +33,12 @@ PRETRAIN_STEPS = 3000
 
 
 def scores(model, adata) -> dict:
-    """Latent MCC, target F1 (inclusion > 0.5, latents matched) and ELBO per cell (one draw, seed 0)."""
-    from pyro_svae import metrics
+    """Latent MCC, target F1 (inclusion > 0.5, latents matched: :func:`pyro_svae.metrics.recovery`) and ELBO
+    per cell (one draw, seed 0)."""
+    from pyro_svae.metrics import recovery
 
-    latent, truth = model.get_latent(adata), adata.obsm["z_true"]
-    matching = metrics.match_latents(latent, truth)
-    names = list(adata.uns["perturbation_names"])
-    targets = adata.uns["true_targets"][[names.index(p) for p in model.perturbation_names]]
-    f1 = metrics.target_scores(model.intervention_targets().to_numpy(), targets, matching)["f1"]
-    return {"mcc": metrics.mcc(latent, truth), "target_f1": f1, "elbo": float(model.elbo(adata, seed=0))}
+    result = recovery(model, adata)
+    return {"mcc": result["mcc"], "target_f1": result["target_f1"], "elbo": float(model.elbo(adata, seed=0))}
 
 
 def start_at_truth(model, adata, steps: int = PRETRAIN_STEPS, seed: int = 0) -> None:

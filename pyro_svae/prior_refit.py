@@ -86,12 +86,11 @@ def refit_prior(components: Components, params: dict, screen, device, cells=None
     names = {name for site in components.sites for name in site.params.values()}
     if not names or steps <= 0:
         return 0
-    with param_scope(params):
-        shifts = expected_shifts(components, device)  # None unless the encoder is conjugate
-    codes, counts, sums = label_statistics(components, screen, device, cells, shifts=shifts)
-    if seed is not None:
-        torch.manual_seed(seed)
     with param_scope(params) as store:
+        shifts = expected_shifts(components, device)  # None unless the encoder is conjugate
+        codes, counts, sums = label_statistics(components, screen, device, cells, shifts=shifts)
+        if seed is not None:
+            torch.manual_seed(seed)
         with torch.no_grad():
             prior_objective(components, codes, counts, sums, device)  # creates any parameter not yet made
         leaves = [value.requires_grad_(True) for name, value in store.named_parameters() if name in names]

@@ -304,3 +304,16 @@ def test_full_covariance_encoder_starts_mean_field_and_learns_correlations():
         optimizer.step()
     covariance = encode(nets, batch).covariance_matrix
     assert torch.allclose(covariance, target.covariance_matrix.expand(5, 3, 3), atol=0.05)
+
+
+def test_registered_kl_of_a_full_covariance_q_to_a_diagonal_prior_is_the_mvn_kl():
+    torch.manual_seed(0)
+    tril = torch.randn(4, 3, 3).tril()
+    tril.diagonal(dim1=-2, dim2=-1).copy_(torch.rand(4, 3) + 0.3)
+    q = dist.MultivariateNormal(torch.randn(4, 3), scale_tril=tril)
+    prior = dist.Normal(torch.randn(4, 3), torch.rand(4, 3) + 0.5).to_event(1)
+    as_mvn = dist.MultivariateNormal(prior.base_dist.loc, scale_tril=torch.diag_embed(prior.base_dist.scale))
+    kl = torch.distributions.kl_divergence(q, prior)
+    assert kl.shape == (4,) and torch.allclose(kl, torch.distributions.kl_divergence(q, as_mvn), rtol=1e-5)
+    with pytest.raises(NotImplementedError):
+        torch.distributions.kl_divergence(q, dist.Laplace(torch.zeros(4, 3), 1.0).to_event(1))
