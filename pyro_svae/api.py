@@ -140,7 +140,7 @@ def fit(
         does not tell rotated latent axes apart, only the sparsity of the shifts does: from a random start a fit
         keeps its axes rotated (on the simulator's grid, latent MCC 0.6-0.9 instead of 0.95). Once the fit settled
         (early stopping, or 7,000 sparse steps: :func:`pyro_svae.warm_start.has_settled`), if the cells' mean
-        latents per perturbation are sparser in axes rotated more than 18 degrees (latents left mixed,
+        latents per perturbation are sparser in axes rotated more than 14 degrees (latents left mixed,
         :func:`pyro_svae.warm_start.residual_rotation`; needs ``2 * n_latent`` perturbations moving a latent by 0.5
         SD), it is rotated again and the prior refitted (``stage`` ``"re-rotated"``; a second fit's time). ``None``:
         fit ``prior`` from the start.

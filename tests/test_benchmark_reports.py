@@ -275,3 +275,40 @@ def test_start_at_truth_puts_the_latents_and_targets_at_the_simulators():
     names = list(adata.uns["perturbation_names"])
     targets = adata.uns["true_targets"][[names.index(p) for p in model.perturbation_names]]
     np.testing.assert_allclose(model.intervention_targets().to_numpy(), np.where(targets, 0.99, 0.01), atol=1e-5)
+
+
+def test_rerotation_rules_read_each_threshold_and_the_validation_gate_off_one_run_per_screen():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import rerotation
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def row(screen, closeness, mcc, validation, settled=True):
+        return {"screen": screen, "closeness": closeness, "settled": settled, "mcc_before": mcc[0],
+                "mcc_after": mcc[1], "target_f1_before": 0.95, "target_f1_after": 0.95, "elbo_before": -1.0,
+                "elbo_after": -1.0, "validation_before": validation[0], "validation_after": validation[1],
+                "seconds_before": 100.0, "seconds_after": 50.0}
+
+    runs = pd.DataFrame([row("a", 0.94, (0.85, 0.92), (-2.0, -1.0)),  # rotated under every rule
+                         row("b", 0.96, (0.88, 0.91), (-2.0, -1.5)),  # from 0.97 up; the gate keeps it
+                         row("c", 0.975, (0.95, 0.90), (-1.0, -1.5)),  # from 0.98 up; the gate rejects it
+                         row("d", 0.90, (0.80, 0.99), (-2.0, -1.0), settled=False)])  # never: still moving
+    rules = rerotation.rules(runs).set_index("rule")
+    assert rules.loc["closeness < 0.95", "rotated again"] == 1
+    assert rules.loc["closeness < 0.95", "meeting both bars"] == 2  # a (0.92) and c (0.95)
+    assert rules.loc["closeness < 0.98", "rotated again"] == 3
+    assert rules.loc["closeness < 0.98", "meeting both bars"] == 3  # a, b and c (0.90)
+    assert rules.loc["closeness < 0.98, kept if validation ELBO higher", "rotated again"] == 2
+    assert rules.loc["closeness < 0.98, kept if validation ELBO higher", "mean MCC"] == pytest.approx(
+        (0.92 + 0.91 + 0.95 + 0.80) / 4)
+    assert rules.loc["closeness < 0.98", "extra time"] == pytest.approx(150.0 / 400.0)  # the stages run, gated or not
+    assert rules.loc["every settled fit", "rotated again"] == 3
+    assert list(rerotation.table(runs)["screen"]) == ["d", "a", "b", "c"]  # by closeness
+    # a screen whose second stage was not run (closeness over --second-below) leaves the rules it
+    # would decide out, and counts as not rotated under the others
+    skipped = {**row("e", 0.995, (0.93, np.nan), (-1.0, np.nan)), "second_below": 0.99}
+    more = rerotation.rules(pd.concat([runs, pd.DataFrame([skipped])], ignore_index=True)).set_index("rule")
+    assert "every settled fit" not in more.index and "closeness < 0.99" in more.index
+    assert more.loc["closeness < 0.99", "rotated again"] == 3
+    assert more.loc["closeness < 0.99", "meeting both bars"] == 4  # a, b, c and e (0.93, as fitted)
