@@ -49,7 +49,7 @@ import pyro.distributions as dist
 from pyro import poutine
 
 from pyro_svae.priors import plates
-from pyro_svae.warm_start import was_rerotated
+from pyro_svae.warm_start import rotation_closeness, was_rerotated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FDRS = (0.05, 0.1)
@@ -160,6 +160,7 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
            "epochs": len(model.history), "seconds": seconds,
            # a second sparse stage (warm_start.residual_rotation), and the ELBO restarts would be chosen by
            "rerotated": was_rerotated(model.history),
+           "closeness": rotation_closeness(model.history),
            "elbo": float(model.elbo(adata, seed=0))}
     for fdr in FDRS:
         for min_pip, suffix in ((0.5, ""), (0.0, "_min_pip0")):  # the default rule, and the plain Bayesian FDR

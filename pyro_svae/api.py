@@ -260,7 +260,7 @@ def fit(
     if warm_start == "rotate" and config.prior not in ROTATION_INVARIANT and \
             warm.has_settled(len(history), train_config, len(train_cells)):
         latent = model.get_latent(adata)
-        rotation, closeness = warm.residual_rotation(latent, screen.perturbations, screen.n_perturbations, seed=seed)
+        rotation, closeness = warm.checked_rotation(history, latent, screen.perturbations, screen.n_perturbations, seed)
         if closeness < warm.REROTATE_BELOW:
             logger.info("The fitted shifts are sparser in axes rotated up to %.0f degrees from the model's (latents "
                         "mixed): rotating (origin at the controls) and fitting the prior again.",

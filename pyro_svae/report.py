@@ -158,9 +158,23 @@ def _model_section(model, device) -> list:
         else:
             line += f". The model holds the parameters of epoch {epoch}, the best smoothed validation ELBO."
         lines.append(line)
+        lines += _rotation_lines(history)
     else:
         lines.append("No training history recorded.")
     return lines
+
+
+def _rotation_lines(history) -> list:
+    """The check for mixed latents on the settled sparse stage (:func:`pyro_svae.warm_start.checked_rotation`)."""
+    from . import warm_start
+
+    closeness = warm_start.rotation_closeness(history)
+    if closeness is None:
+        return []
+    verdict = ("rotated again and its prior refitted" if warm_start.was_rerotated(history) else "left as it was")
+    return ["", f"Mixed-latent check: the settled fit's mean latents per perturbation were sparsest in axes "
+                f"{np.degrees(np.arccos(min(closeness, 1.0))):.0f} degrees from the model's (closeness {closeness:.3f}; "
+                f"rotated again below {warm_start.REROTATE_BELOW}): {verdict}."]
 
 
 def _targets_section(calls, programs, fdr, figures) -> list:

@@ -12,6 +12,7 @@ dictionary) aligns the axes, and the sparse prior then trains from there.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,8 @@ from .train import steps_per_epoch, train
 
 __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "control_origin", "residual_rotation",
            "without_prior_params",
-           "remaining", "join_histories", "was_rerotated", "has_settled", "REROTATE_BELOW", "SETTLED_STEPS"]
+           "remaining", "join_histories", "was_rerotated", "has_settled", "checked_rotation", "rotation_closeness",
+           "REROTATE_BELOW", "SETTLED_STEPS"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
 #: (|cos| of the angle to its nearest axis, 0.97 = 14 degrees) marks two or more mixed latents.
@@ -214,6 +216,22 @@ def has_settled(n_epochs: int, train_config, n_train: int) -> bool:
     ``max_epochs``, or it ran at least :data:`SETTLED_STEPS` optimisation steps."""
     steps = n_epochs * steps_per_epoch(n_train, train_config.batch_size)
     return n_epochs < train_config.max_epochs or steps >= SETTLED_STEPS
+
+
+def checked_rotation(history, latent: np.ndarray, perturbations, n_perturbations: int, seed: int = 0):
+    """:func:`residual_rotation` of a settled fit's cell latents, its ``closeness`` written into the
+    fit's ``history`` (column ``closeness``, on the stage's last epoch; read by :func:`rotation_closeness`),
+    so that a fit near :data:`REROTATE_BELOW` can be told from one far from it. Returns ``(R, closeness)``."""
+    rotation, closeness = residual_rotation(latent, perturbations, n_perturbations, seed=seed)
+    history.loc[history.index[-1], "closeness"] = closeness
+    return rotation, closeness
+
+
+def rotation_closeness(history) -> Optional[float]:
+    """The closeness ``fit`` measured on its settled sparse stage (:func:`checked_rotation`), or ``None``
+    when no check ran (a fit that did not settle, no warm start, or a rotation-invariant prior)."""
+    values = history["closeness"].dropna() if "closeness" in history else ()
+    return float(values.iloc[0]) if len(values) else None
 
 
 def was_rerotated(history) -> bool:

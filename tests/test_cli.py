@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 
 import pyro_svae
@@ -97,6 +98,22 @@ def test_report_states_a_decaying_learning_rate(fitted_run):
     assert "hidden units\n" in "\n".join(_model_section(model, "cpu"))
     model.components.config = dataclasses.replace(model.config, encoder="conjugate")
     assert "hidden units, encoder `conjugate`\n" in "\n".join(_model_section(model, "cpu"))
+
+
+def test_report_states_the_mixed_latent_check_when_it_ran(fitted_run):
+    from pyro_svae.report import _model_section
+
+    model = pyro_svae.load(fitted_run[0] / "model")
+    assert "Mixed-latent check" not in "\n".join(_model_section(model, "cpu"))  # 2 epochs: never checked
+    history = model.history.assign(closeness=np.nan)
+    history.loc[history.index[-1], "closeness"] = 0.96
+    model.history = history
+    below = f"rotated again below {pyro_svae.warm_start.REROTATE_BELOW}"
+    assert f"axes 16 degrees from the model's (closeness 0.960; {below}): left as it was." in \
+        "\n".join(_model_section(model, "cpu"))
+    model.history = pd.concat([history, history.tail(1).assign(stage="re-rotated", closeness=np.nan)])
+    assert f"(closeness 0.960; {below}): rotated again and its prior refitted." in \
+        "\n".join(_model_section(model, "cpu"))
 
 
 def test_report_command_rebuilds_the_report_and_refuses_a_full_folder(fitted_run, screen_file, tmp_path, capsys):

@@ -162,17 +162,25 @@ def test_a_sparse_stage_has_settled_when_it_stopped_early_or_ran_enough_steps():
     assert warm_start.has_settled(100, config, cells)  # every epoch, enough steps
 
 
-def test_fit_rerotates_a_fit_that_used_every_epoch_once_it_has_settled(monkeypatch):
+def test_fit_rerotates_a_fit_that_used_every_epoch_once_it_has_settled(monkeypatch, tmp_path):
     # most fits at the default max_epochs="auto" use every epoch (the validation ELBO creeps up to
     # the end): they are checked as a converged fit is, once the sparse stage ran SETTLED_STEPS steps
     adata = make_screen(n_perturbations=8, n_latent=3)
     every_epoch = {**FAST, "max_epochs": 10, "early_stopping": False}  # 7 sparse epochs of 4 steps
     monkeypatch.setattr(warm_start, "REROTATE_BELOW", 1.01)  # every checked fit counts as mixed
-    assert not warm_start.was_rerotated(pyro_svae.fit(adata, **every_epoch).history)  # 28 steps: not settled
+    unsettled = pyro_svae.fit(adata, **every_epoch).history  # 28 steps: not settled, not checked
+    assert not warm_start.was_rerotated(unsettled) and warm_start.rotation_closeness(unsettled) is None
     monkeypatch.setattr(warm_start, "SETTLED_STEPS", 28)
     model = pyro_svae.fit(adata, **every_epoch)
     assert warm_start.was_rerotated(model.history)
     assert (model.history["stage"] == "re-rotated").sum() == 7
+    # the closeness that decided it stays in the history, on the checked stage's last epoch, and is saved
+    closeness = warm_start.rotation_closeness(model.history)
+    checked = model.history[model.history["closeness"].notna()]
+    assert 0.0 < closeness <= 1.0 and checked["stage"].tolist() == ["sparse"]
+    assert checked["epoch"].item() == model.history.loc[model.history["stage"] == "sparse", "epoch"].max()
+    model.save(tmp_path / "model")
+    assert warm_start.rotation_closeness(pyro_svae.load(tmp_path / "model").history) == closeness
 
 
 def test_was_rerotated_reads_the_stages_of_a_history():
@@ -181,3 +189,6 @@ def test_was_rerotated_reads_the_stages_of_a_history():
     again = pd.DataFrame({"epoch": [4], "stage": "re-rotated"})
     assert warm_start.was_rerotated(warm_start.join_histories(stages + [again]))
     assert not warm_start.was_rerotated(pd.DataFrame({"epoch": [0, 1]}))  # no warm start: no stage column
+    assert warm_start.rotation_closeness(pd.DataFrame({"epoch": [0, 1]})) is None  # never checked
+    checked = pd.DataFrame({"epoch": [2, 3], "closeness": [np.nan, 0.96]})
+    assert warm_start.rotation_closeness(warm_start.join_histories(stages[:1] + [checked, again])) == 0.96
