@@ -312,3 +312,12 @@ def test_rerotation_rules_read_each_threshold_and_the_validation_gate_off_one_ru
     assert "every settled fit" not in more.index and "closeness < 0.99" in more.index
     assert more.loc["closeness < 0.99", "rotated again"] == 3
     assert more.loc["closeness < 0.99", "meeting both bars"] == 4  # a, b, c and e (0.93, as fitted)
+    # the third-rotation section: sorted by the closeness fit checked, a screen not rotated a third time kept
+    # with its fit's scores and no third ones
+    third = pd.DataFrame([{"screen": "x", "closeness_checked": 0.90, "rerotated": True, "closeness_fit": 0.93,
+                           "mcc_fit": 0.8, "mcc_third": 0.85},
+                          {"screen": "y", "closeness_checked": 0.85, "rerotated": True, "closeness_fit": 0.99,
+                           "mcc_fit": 0.9}])
+    shown = rerotation.third_table(third)
+    assert list(shown["screen"]) == ["y", "x"] and np.isnan(shown.loc[0, "mcc_third"]) and shown.loc[1, "mcc_third"] == 0.85
+    assert list(shown.columns)[:4] == ["screen", "closeness_checked", "rerotated", "closeness_fit"]
