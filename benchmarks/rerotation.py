@@ -47,7 +47,7 @@ def _fit_defaults(screen: str):
 
     torch.set_num_threads(1)
     import pyro_svae
-    from pyro_svae.datasets import grid_screens, simulate_grid_screen
+    from pyro_svae.datasets import simulate_grid_screen
 
     spec = grid_screens("all")[screen]
     adata = simulate_grid_screen(screen, seed=0)
@@ -69,9 +69,8 @@ def rotate_again(model, adata, latent: np.ndarray, rotation: np.ndarray):
     screen_data, config = model._read(adata), model.train_config
     train_cells, _ = split_cells(screen_data.n_cells, config.validation_fraction, np.random.default_rng(0))
     components = model.components
-    warm.rotate_networks(components.nets, rotation,
-                         warm.control_origin(latent, screen_data.perturbations, screen_data.n_perturbations) @ rotation)
-    params = warm.without_prior_params(model.params, components)
+    params = warm.rotated_start(components, model.params, latent, rotation, screen_data.perturbations,
+                                screen_data.n_perturbations)
     history = train(screen_data, components, config=config, params=params, device=model.device, progress=False)
     refit_prior(components, params, screen_data, model.device, train_cells, seed=0)
     return SVAE(components, params, history=history, train_config=config, device=model.device, adata=adata), history

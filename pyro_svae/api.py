@@ -266,9 +266,8 @@ def fit(
                         "mixed): rotating (origin at the controls) and fitting the prior again.",
                         np.degrees(np.arccos(closeness)))
             stages.append(history)
-            warm.rotate_networks(components.nets, rotation,
-                                 warm.control_origin(latent, screen.perturbations, screen.n_perturbations) @ rotation)
-            params = warm.without_prior_params(params, components)
+            params = warm.rotated_start(components, params, latent, rotation, screen.perturbations,
+                                        screen.n_perturbations)
             history = train(screen, components, config=train_config, params=params, device=device,
                             progress=progress, on_epoch_end=track if track_targets else None,
                             epoch_offset=n_dense + len(history)).assign(stage="re-rotated")

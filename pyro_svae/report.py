@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyro
 
-from . import interpretation, pl
+from . import interpretation, pl, warm_start
 
 __all__ = ["write_report", "restored_epoch", "REPORT_FILES"]
 
@@ -166,8 +166,6 @@ def _model_section(model, device) -> list:
 
 def _rotation_lines(history) -> list:
     """The check for mixed latents on the settled sparse stage (:func:`pyro_svae.warm_start.checked_rotation`)."""
-    from . import warm_start
-
     closeness = warm_start.rotation_closeness(history)
     if closeness is None:
         return []

@@ -25,6 +25,7 @@ from .train import steps_per_epoch, train
 __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "control_origin", "residual_rotation",
            "without_prior_params",
            "remaining", "join_histories", "was_rerotated", "has_settled", "checked_rotation", "rotation_closeness",
+           "rotated_start",
            "REROTATE_BELOW", "SETTLED_STEPS"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
@@ -219,12 +220,22 @@ def has_settled(n_epochs: int, train_config, n_train: int) -> bool:
 
 
 def checked_rotation(history, latent: np.ndarray, perturbations, n_perturbations: int, seed: int = 0):
-    """:func:`residual_rotation` of a settled fit's cell latents, its ``closeness`` written into the
-    fit's ``history`` (column ``closeness``, on the stage's last epoch; read by :func:`rotation_closeness`),
-    so that a fit near :data:`REROTATE_BELOW` can be told from one far from it. Returns ``(R, closeness)``."""
+    """:func:`residual_rotation` of a settled fit's cell latents ``[n_cells, K]`` (``perturbations``: each
+    cell's label code ``[n_cells]``), its ``closeness`` written into the fit's ``history`` (column
+    ``closeness``, on the stage's last epoch; read by :func:`rotation_closeness`), so that a fit near
+    :data:`REROTATE_BELOW` can be told from one far from it. Returns ``(R [K, K], closeness)``."""
     rotation, closeness = residual_rotation(latent, perturbations, n_perturbations, seed=seed)
     history.loc[history.index[-1], "closeness"] = closeness
     return rotation, closeness
+
+
+def rotated_start(components, params: dict, latent: np.ndarray, rotation: np.ndarray, perturbations,
+                  n_perturbations: int) -> dict:
+    """The start of the second sparse stage of a fit left mixed: its networks rotated by ``rotation``
+    ``[K, K]`` (in place) with the origin at the control cells' mean of ``latent`` ``[n_cells, K]``
+    (:func:`control_origin`), and ``params`` without the prior's guide parameters (returned)."""
+    rotate_networks(components.nets, rotation, control_origin(latent, perturbations, n_perturbations) @ rotation)
+    return without_prior_params(params, components)
 
 
 def rotation_closeness(history) -> Optional[float]:

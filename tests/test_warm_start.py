@@ -44,6 +44,24 @@ def test_rotated_networks_compute_the_same_function_in_the_new_axes():
         assert torch.allclose(nets.decoder(z @ r - t, batch)[0], decoded_before, atol=1e-5)  # decodes z' as z
 
 
+def test_rotated_start_rotates_about_the_controls_and_drops_the_prior_guide():
+    adata = make_screen(n_perturbations=8, n_latent=3)
+    model = pyro_svae.fit(adata, **{**FAST, "max_epochs": 5})
+    screen, latent = model._read(adata), model.get_latent(adata)
+    rotation = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))[0]
+    origin = warm_start.control_origin(latent, screen.perturbations, screen.n_perturbations)
+    params = warm_start.rotated_start(model.components, model.params, latent, rotation, screen.perturbations,
+                                      screen.n_perturbations)
+    assert params == warm_start.without_prior_params(model.params, model.components)
+    assert set(params["params"]) < set(model.params["params"])  # the prior's guide parameters are gone
+    controls = (adata.obs["perturbation"] == "control").to_numpy()
+    x = torch.as_tensor(np.asarray(adata.X)[controls], dtype=torch.float32)
+    with torch.no_grad():
+        rotated = model.components.nets.encoder(x)[0].numpy()
+    np.testing.assert_allclose(rotated, (latent[controls] - origin) @ rotation, atol=1e-4)  # z' = R^T (z - o)
+    np.testing.assert_allclose(rotated.mean(0), 0.0, atol=1e-4)  # the controls at the origin
+
+
 def test_fit_with_a_warm_start_records_both_stages():
     model = pyro_svae.fit(make_screen(), warm_start="rotate", **{**FAST, "max_epochs": 10})
     stages = model.history["stage"]
