@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recovery_grid import RESULTS, markdown, read_runs, run_screens
+from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_screens
 
 EDGE = 2.0  # |z_k| beyond which a cell is on a side of latent k, in prior SDs
 
@@ -73,17 +73,11 @@ def screen_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def fit_latents(screen: str) -> list:
     """Per true latent of ``screen`` (seed 0), the defaults' recovery and the kept share of its shifts."""
-    import torch
-
-    torch.set_num_threads(1)
-    import pyro_svae
     from pyro_svae import metrics
-    from pyro_svae.datasets import grid_screens, simulate_grid_screen
+    from pyro_svae.datasets import grid_screens
 
     spec = grid_screens("all")[screen]
-    adata = simulate_grid_screen(screen, seed=0)
-    model = pyro_svae.fit(adata, n_latent=spec["n_latent"], control="control" if spec["n_control"] else None,
-                          seed=0, progress=False)
+    adata, model, _ = fit_defaults(screen)
     learned, truth = model.get_latent(adata), np.asarray(adata.obsm["z_true"], float)
     matching = metrics.match_latents(learned, truth)
     design = np.c_[learned, np.ones(len(learned))]

@@ -122,6 +122,23 @@ def supervised_ceiling(adata, seed: int = 0, steps: int = 6000) -> float:
     return metrics.mcc(predicted, z[test].numpy())
 
 
+def fit_defaults(screen: str, screen_seed: int = 0, fit_seed: int = 0, **options):
+    """``screen`` (``screen_seed``) and ``fit``'s defaults on it (its ``n_latent`` and controls, one thread,
+    ``options`` passed on): ``(adata, model, seconds)``."""
+    import torch
+
+    torch.set_num_threads(1)
+    import pyro_svae
+    from pyro_svae.datasets import grid_screens, simulate_grid_screen
+
+    spec = grid_screens("all")[screen]
+    adata = simulate_grid_screen(screen, seed=screen_seed)
+    start = time.perf_counter()
+    model = pyro_svae.fit(adata, n_latent=spec["n_latent"], control="control" if spec["n_control"] else None,
+                          seed=fit_seed, progress=False, **options)
+    return adata, model, time.perf_counter() - start
+
+
 def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
     import torch
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, markdown, read_runs, run_screens  # noqa: E402
+from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_screens  # noqa: E402
 from truth_start import scores  # noqa: E402
 
 from pyro_svae import warm_start  # noqa: E402
@@ -43,18 +43,7 @@ SCREENS = list(grid_screens("all"))
 
 def _fit_defaults(screen: str):
     """``screen`` (seed 0) and ``fit``'s defaults on it, one thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    import pyro_svae
-    from pyro_svae.datasets import simulate_grid_screen
-
-    spec = grid_screens("all")[screen]
-    adata = simulate_grid_screen(screen, seed=0)
-    start = time.perf_counter()
-    model = pyro_svae.fit(adata, n_latent=spec["n_latent"], control="control" if spec["n_control"] else None,
-                          seed=0, progress=False)
-    return adata, model, time.perf_counter() - start
+    return fit_defaults(screen)
 
 
 def rotate_again(model, adata, latent: np.ndarray, rotation: np.ndarray):

@@ -1,6 +1,9 @@
 """Does the objective keep a fit that starts at the truth? Basin or objective, on the screens below the bar.
 
-    python benchmarks/truth_start.py --screens latents20 mixed_hard paper base [--jobs 2]
+    python benchmarks/truth_start.py --screens latents20 mixed_hard paper base fresh7 held_out0 fresh2 fresh1 [--jobs 2]
+    python benchmarks/truth_start.py ... --fit-seeds 2 3 [--seed-screens fresh7 held_out0 fresh2]
+    python benchmarks/truth_start.py ... --fit-seeds 0 --warm-start-fractions 0.15 0.5 --seed-screens fresh7 held_out0
+    python benchmarks/truth_start.py ... --fit-seeds 0 --warm-start-priors laplace --seed-screens fresh7 held_out0 base
 
 The defaults' fits fall short of the truth's latents on some screens (MCC 0.86 where the posterior
 under the true model reaches 0.91-0.93, ``oracle_ceiling.py``). Either the objective's optimum near
@@ -12,6 +15,13 @@ the spike-and-slab guide set to the true targets (inclusion 0.99 / 0.01) and shi
 sparse stage runs from there with ``fit``'s own budget, settings and last prior refit (no warm start,
 no re-rotation), and the same scores as ``recovery_grid.py`` are taken at the start and at the end,
 beside the defaults' seed-0 row of ``recovery_grid_budget_runs.jsonl``.
+
+``--fit-seeds 2 3 ...``: the defaults again on the seed-0 screen with other fit seeds (runs in
+``truth_start_seeds_runs.jsonl``), beside fit seeds 0 and 1 of ``recovery_grid_budget_runs.jsonl``: do
+restarts (``fit(n_restarts=...)`` keeps the highest ELBO) reach the truth's basin where it has the
+higher ELBO? ``--warm-start-fractions`` and ``--warm-start-priors``: those fits with other
+``warm_start_fraction`` values (the dense stage before the rotation longer or shorter) or another prior
+for the dense stage (``warm_start.WARM_START_PRIOR``), in a table of their own.
 
 Writes ``benchmarks/results/truth_start.md`` and ``.png`` (runs in ``truth_start_runs.jsonl``).
 """
@@ -27,9 +37,11 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, markdown, read_runs, run_screens  # noqa: E402
+from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_and_record, run_screens  # noqa: E402
 
 PRETRAIN_STEPS = 3000
+DEFAULT_FRACTION = 0.3  # fit's warm_start_fraction
+DEFAULT_PRIOR = "gaussian"  # the dense stage's prior, warm_start.WARM_START_PRIOR
 
 
 def scores(model, adata) -> dict:
@@ -112,6 +124,59 @@ def truth_start_row(screen: str) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def seed_row(screen: str, fit_seed: int, warm_start_fraction: float = 0.3, warm_start_prior: str = "gaussian") -> dict:
+    """``fit``'s defaults on ``screen`` (seed 0) with fit seed ``fit_seed`` (and ``warm_start_fraction``, and
+    ``warm_start_prior`` for the dense stage: ``warm_start.WARM_START_PRIOR``), one thread: :func:`scores`."""
+    from pyro_svae import warm_start
+
+    warm_start.WARM_START_PRIOR = (warm_start_prior, {})  # this worker process only
+    adata, model, seconds = fit_defaults(screen, fit_seed=fit_seed, warm_start_fraction=warm_start_fraction)
+    return {"screen": screen, "fit_seed": fit_seed, "warm_start_fraction": warm_start_fraction,
+            "warm_start_prior": warm_start_prior, **scores(model, adata),
+            "seconds": seconds}
+
+
+def with_fraction(seeds: pd.DataFrame) -> pd.DataFrame:
+    """``seeds`` with ``warm_start_fraction`` and ``warm_start_prior`` columns (the defaults where a run has none),
+    and ``default``: whether the run used both defaults."""
+    out = seeds.copy()
+    for column, default in (("warm_start_fraction", DEFAULT_FRACTION), ("warm_start_prior", DEFAULT_PRIOR)):
+        out[column] = (out[column] if column in out else pd.Series(np.nan, out.index, dtype=object)).fillna(default)
+    out["default"] = (out["warm_start_fraction"] == DEFAULT_FRACTION) & (out["warm_start_prior"] == DEFAULT_PRIOR)
+    return out
+
+
+def seeds_table(seeds: pd.DataFrame, defaults: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per screen with extra fit seeds: each seed's MCC / F1 / ELBO (fit seeds 0 and 1 from ``defaults``),
+    the fit the highest ELBO picks among them, and the truth-started fit's end."""
+    seeds = seeds[with_fraction(seeds)["default"].to_numpy()]
+    base = defaults[(defaults["method"] == "spike_and_slab") & (defaults["screen_seed"] == 0)
+                    & defaults["screen"].isin(set(seeds["screen"]))]
+    fits = pd.concat([base[["screen", "fit_seed", "mcc", "target_f1", "elbo"]],
+                      seeds[["screen", "fit_seed", "mcc", "target_f1", "elbo"]]], ignore_index=True)
+    truth = truth.set_index("screen")
+    rows = []
+    for screen, group in fits.groupby("screen", sort=False):
+        picked = group.loc[group["elbo"].idxmax()]
+        rows.append({"screen": screen, "fit_seeds": len(group),
+                     "mcc per seed": " ".join(f"{v:.3f}" for v in group["mcc"]),
+                     "f1 per seed": " ".join(f"{v:.3f}" for v in group["target_f1"]),
+                     "elbo per seed": " ".join(f"{v:.2f}" for v in group["elbo"]),
+                     "picked seed": int(picked["fit_seed"]), "mcc picked": picked["mcc"], "f1 picked": picked["target_f1"],
+                     "elbo picked": picked["elbo"], "elbo from the truth": truth["elbo_end"].get(screen, np.nan),
+                     "f1 from the truth": truth["target_f1_end"].get(screen, np.nan)})
+    return pd.DataFrame(rows).set_index("screen")
+
+
+def fraction_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per screen and warm start other than the default (``warm_start_fraction``, the dense stage's prior): MCC,
+    F1 and ELBO of each fit seed's fit."""
+    seeds = with_fraction(seeds)
+    other = seeds[~seeds["default"]]
+    return other.set_index(["screen", "warm_start_prior", "warm_start_fraction", "fit_seed"])[
+        ["mcc", "target_f1", "elbo", "seconds"]].sort_index()
+
+
 def table(rows: pd.DataFrame, defaults: pd.DataFrame) -> pd.DataFrame:
     """Per screen: the truth-started fit at its start and end beside the defaults' seed-0 fit."""
     base = defaults[(defaults["method"] == "spike_and_slab") & (defaults["screen_seed"] == 0)
@@ -160,7 +225,26 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--screens", nargs="+", default=["latents20", "mixed_hard", "paper", "base"])
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--fit-seeds", type=int, nargs="*", default=[],
+                        help="also fit the defaults with these fit seeds on the --seed-screens")
+    parser.add_argument("--seed-screens", nargs="+", default=["fresh7", "held_out0", "fresh2"])
+    parser.add_argument("--warm-start-fractions", type=float, nargs="+", default=[DEFAULT_FRACTION],
+                        help="fit the --fit-seeds with each of these warm_start_fraction values")
+    parser.add_argument("--warm-start-priors", nargs="+", default=[DEFAULT_PRIOR],
+                        help="and with each of these priors for the dense stage (names in priors.PRIORS)")
     args = parser.parse_args(argv)
+    seeds_path = RESULTS / "truth_start_seeds_runs.jsonl"
+    if args.fit_seeds:
+        done = read_runs(seeds_path)
+        done = with_fraction(done) if len(done) else done
+        done = set(zip(done["screen"], done["fit_seed"], done["warm_start_fraction"], done["warm_start_prior"])) \
+            if len(done) else set()
+        jobs = [(s, f, w, p) for s in args.seed_screens for p in args.warm_start_priors
+                for w in args.warm_start_fractions for f in args.fit_seeds]
+        run_and_record(seed_row, [job for job in jobs if job not in done],
+                       seeds_path, args.jobs, lambda row: f"{row['screen']:>18} fit seed {row['fit_seed']} "
+                                                          f"(warm start {row['warm_start_prior']}, {row['warm_start_fraction']}): MCC "
+                                                          f"{row['mcc']:.3f}, F1 {row['target_f1']:.3f}, ELBO {row['elbo']:.2f}")
     path = RESULTS / "truth_start_runs.jsonl"
     run_screens(truth_start_row, args.screens, path, args.jobs,
                 lambda row: f"{row['screen']:>18}: MCC {row['mcc_start']:.3f} -> {row['mcc_end']:.3f}, F1 "
@@ -171,6 +255,18 @@ def main(argv=None) -> None:
     text = "\n".join(["# A fit started at the truth (truth_start)", "", f"`{command.strip()}`", "",
                       (__doc__ or "").split("\n\n", 2)[2].split("\n\nWrites")[0], "",
                       "![start and end of each fit](truth_start.png)", "", markdown(result), ""])
+    if seeds_path.exists():
+        text += "\n".join(["", "## More fit seeds: do restarts reach the truth's basin?", "",
+                           "Fit seeds 0 and 1 from `recovery_grid_budget_runs.jsonl`, the others from "
+                           "`truth_start_seeds_runs.jsonl`; `picked`: the fit with the highest ELBO (what "
+                           "`fit(n_restarts=...)` keeps).", "",
+                           markdown(seeds_table(read_runs(seeds_path), read_runs(RESULTS / "recovery_grid_budget_runs.jsonl"),
+                                                read_runs(path))), ""])
+        fractions = fraction_table(read_runs(seeds_path))
+        if len(fractions):
+            text += "\n".join(["", f"### Other warm starts (the defaults: `warm_start_fraction` {DEFAULT_FRACTION}, "
+                                   f"dense stage `{DEFAULT_PRIOR}`)", "",
+                               markdown(fractions), ""])
     figure(result, RESULTS / "truth_start.png")
     (RESULTS / "truth_start.md").write_text(text)
     print(text)

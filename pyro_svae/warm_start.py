@@ -26,7 +26,7 @@ __all__ = ["sparsest_rotation", "rotate_networks", "dense_rotated_start", "contr
            "without_prior_params",
            "remaining", "join_histories", "was_rerotated", "has_settled", "checked_rotation", "rotation_closeness",
            "rotated_start",
-           "REROTATE_BELOW", "SETTLED_STEPS"]
+           "REROTATE_BELOW", "SETTLED_STEPS", "WARM_START_PRIOR"]
 
 #: A latent axis that the sparsest rotation of a fitted model's shifts moves by more than this
 #: (|cos| of the angle to its nearest axis, 0.97 = 14 degrees) marks two or more mixed latents.
@@ -37,6 +37,9 @@ REROTATE_BELOW = 0.97
 #: ended it (``max_epochs="auto"`` gives the sparse stage about 19,600, 70% of ``train.TARGET_STEPS``):
 #: a fit still mixed after that many steps stays mixed, while one of a few epochs may still be moving.
 SETTLED_STEPS = 7000
+#: The prior of the dense stage before the rotation (a name in ``priors.PRIORS`` and its options):
+#: rotation-invariant Gaussian shifts, so the stage leaves the choice of axes to the rotation.
+WARM_START_PRIOR = ("gaussian", {})
 
 
 def sparsest_rotation(delta: np.ndarray, n_starts: int = 10, steps: int = 500, eps: float = 0.05,
@@ -121,7 +124,8 @@ def dense_rotated_start(components, screen, train_config, fraction: float, devic
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"Expected warm_start_fraction in (0, 1), but got {fraction!r}.")
     n_dense = max(1, int(round(fraction * train_config.max_epochs)))
-    dense = build(dataclasses.replace(components.config, prior="gaussian", prior_options={}), components.layout,
+    prior, options = WARM_START_PRIOR
+    dense = build(dataclasses.replace(components.config, prior=prior, prior_options=dict(options)), components.layout,
                   nets=components.nets)
     params: dict = {}
     history = train(screen, dense, config=dataclasses.replace(train_config, max_epochs=n_dense, early_stopping=False),

@@ -321,3 +321,59 @@ def test_rerotation_rules_read_each_threshold_and_the_validation_gate_off_one_ru
     shown = rerotation.third_table(third)
     assert list(shown["screen"]) == ["y", "x"] and np.isnan(shown.loc[0, "mcc_third"]) and shown.loc[1, "mcc_third"] == 0.85
     assert list(shown.columns)[:4] == ["screen", "closeness_checked", "rerotated", "closeness_fit"]
+
+
+def test_residual_mixing_tells_a_rotated_or_sheared_fit_from_a_folded_one():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import residual_mixing
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # shifts of four perturbations moving one true latent alone (both sides of each) and one moving nothing
+    true = pd.DataFrame([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0], [0.0, -3.0], [0.5, 0.2]])
+    sheared = true @ np.array([[1.0, 0.7], [0.0, 1.0]])  # any linear map keeps each latent's sides opposite
+    assert all(c == pytest.approx(1.0) for c, _, _ in residual_mixing.fold_cosines(sheared, true).values())
+    # the positive side of latent 0 goes where the negative side of latent 1 does: a fold
+    folded = pd.DataFrame([[3.0, 0.0], [0.0, -3.0], [0.0, 3.0], [-3.0, 0.0], [0.0, 0.0]])
+    folds = residual_mixing.fold_cosines(folded, true)
+    assert folds[0][0] == pytest.approx(0.0) and folds[1][0] == pytest.approx(0.0)
+    np.testing.assert_allclose(folds[0][1], [3.0, 0.0])  # u+ of latent 0
+    # a latent moved alone on one side only has no fold
+    assert residual_mixing.fold_cosines(true.iloc[[0, 2, 3]], true.iloc[[0, 2, 3]]).keys() == {1}
+    # the pooled covariance within perturbations ignores where each perturbation's mean is
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["control", "a", "b"], 4000)
+    latent = rng.normal(size=(12000, 2)) @ np.array([[1.0, 0.5], [0.0, 1.0]]) + np.repeat([[0, 0], [5, 0], [0, -5]], 4000, 0)
+    np.testing.assert_allclose(residual_mixing.within_covariance(latent, labels), [[1.0, 0.5], [0.5, 1.25]], atol=0.06)
+    shifts = residual_mixing.shifts_from_origin(latent, labels, has_controls=True)
+    np.testing.assert_allclose(shifts.loc["a"], [5.0, 0.0], atol=0.1)
+
+
+def test_truth_start_seeds_table_picks_the_highest_elbo_over_every_fit_seed():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import truth_start
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    defaults = pd.DataFrame([
+        {"screen": "fresh7", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 0, "mcc": 0.86, "target_f1": 0.89, "elbo": -409.1},
+        {"screen": "fresh7", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 1, "mcc": 0.85, "target_f1": 0.88, "elbo": -409.2},
+        {"screen": "fresh7", "method": "spike_and_slab", "screen_seed": 1, "fit_seed": 0, "mcc": 0.99, "target_f1": 1.0, "elbo": -1.0},
+        {"screen": "base", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 0, "mcc": 0.96, "target_f1": 1.0, "elbo": -290.0}])
+    seeds = pd.DataFrame([{"screen": "fresh7", "fit_seed": 2, "mcc": 0.91, "target_f1": 0.99, "elbo": -408.3},
+                          {"screen": "fresh7", "fit_seed": 3, "mcc": 0.80, "target_f1": 0.80, "elbo": -410.0},
+                          {"screen": "fresh7", "fit_seed": 0, "warm_start_fraction": 0.5, "mcc": 0.99,
+                           "target_f1": 1.0, "elbo": -400.0, "seconds": 1.0}])  # another warm start: its own table
+    truth = pd.DataFrame([{"screen": "fresh7", "elbo_end": -408.2, "target_f1_end": 1.0}])
+    table = truth_start.seeds_table(seeds, defaults, truth)
+    assert list(table.index) == ["fresh7"]  # only the screens with extra seeds; the other screen seed is left out
+    assert table.loc["fresh7", "fit_seeds"] == 4
+    assert table.loc["fresh7", "picked seed"] == 2 and table.loc["fresh7", "mcc picked"] == pytest.approx(0.91)
+    assert table.loc["fresh7", "elbo from the truth"] == pytest.approx(-408.2)
+    seeds = pd.concat([seeds, pd.DataFrame([{"screen": "fresh7", "fit_seed": 0, "warm_start_fraction": 0.3,
+                                             "warm_start_prior": "laplace", "mcc": 0.5, "target_f1": 0.5,
+                                             "elbo": -300.0, "seconds": 1.0}])], ignore_index=True)
+    assert truth_start.seeds_table(seeds, defaults, truth).loc["fresh7", "fit_seeds"] == 4  # still the default runs only
+    fractions = truth_start.fraction_table(seeds)
+    assert list(fractions.index) == [("fresh7", "gaussian", 0.5, 0), ("fresh7", "laplace", 0.3, 0)]
+    assert fractions.loc[("fresh7", "gaussian", 0.5, 0), "elbo"] == pytest.approx(-400.0)

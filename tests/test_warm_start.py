@@ -154,6 +154,25 @@ def test_the_warm_start_moves_the_origin_to_the_control_cells(monkeypatch):
     assert len(origins) == 1 and np.abs(origins[0]).max() < 1e-4, origins
 
 
+def test_the_dense_stage_fits_warm_start_prior(monkeypatch):
+    adata = make_screen(n_perturbations=8, n_latent=3)
+    built, build = [], warm_start.build
+
+    def spy(config, *args, **kwargs):
+        built.append((config.prior, config.prior_options))
+        return build(config, *args, **kwargs)
+
+    monkeypatch.setattr(warm_start, "build", spy)
+    assert warm_start.WARM_START_PRIOR == ("gaussian", {})
+    pyro_svae.fit(adata, **{**FAST, "max_epochs": 4})
+    monkeypatch.setattr(warm_start, "WARM_START_PRIOR", ("laplace", {"scale": 2.0}))
+    model = pyro_svae.fit(adata, **{**FAST, "max_epochs": 4})
+    assert built == [("gaussian", {}), ("laplace", {"scale": 2.0})]
+    # only the dense stage changes: the sparse stage and the fitted model keep the prior fit was given
+    assert model.components.config.prior == "spike_and_slab" and "PriorGuide.values.pi" in model.params["params"]
+    assert np.isfinite(model.get_latent()).all()
+
+
 def test_fit_rerotates_a_converged_fit_left_with_mixed_latents(monkeypatch, caplog):
     adata = make_screen(n_perturbations=8, n_latent=3)
     converging = {**FAST, "max_epochs": 300, "patience": 3}  # early stopping ends the sparse stage
