@@ -141,7 +141,8 @@ def with_fraction(seeds: pd.DataFrame) -> pd.DataFrame:
     and ``default``: whether the run used both defaults."""
     out = seeds.copy()
     for column, default in (("warm_start_fraction", DEFAULT_FRACTION), ("warm_start_prior", DEFAULT_PRIOR)):
-        out[column] = (out[column] if column in out else pd.Series(np.nan, out.index, dtype=object)).fillna(default)
+        values = out[column] if column in out else pd.Series([None] * len(out), out.index, dtype=object)
+        out[column] = [default if pd.isna(v) else v for v in values]
     out["default"] = (out["warm_start_fraction"] == DEFAULT_FRACTION) & (out["warm_start_prior"] == DEFAULT_PRIOR)
     return out
 
@@ -152,20 +153,24 @@ def seeds_table(seeds: pd.DataFrame, defaults: pd.DataFrame, truth: pd.DataFrame
     seeds = seeds[with_fraction(seeds)["default"].to_numpy()]
     base = defaults[(defaults["method"] == "spike_and_slab") & (defaults["screen_seed"] == 0)
                     & defaults["screen"].isin(set(seeds["screen"]))]
+    # a fit seed the grid already ran (its row in ``defaults``) counts once
+    seeds = seeds[~pd.Series(list(zip(seeds["screen"], seeds["fit_seed"])), index=seeds.index).isin(
+        set(zip(base["screen"], base["fit_seed"])))]
     fits = pd.concat([base[["screen", "fit_seed", "mcc", "target_f1", "elbo"]],
                       seeds[["screen", "fit_seed", "mcc", "target_f1", "elbo"]]], ignore_index=True)
+    fits = fits.sort_values(["screen", "fit_seed"], kind="stable")
     truth = truth.set_index("screen")
     rows = []
     for screen, group in fits.groupby("screen", sort=False):
         picked = group.loc[group["elbo"].idxmax()]
-        rows.append({"screen": screen, "fit_seeds": len(group),
+        rows.append({"screen": screen, "fit_seeds": " ".join(str(int(f)) for f in group["fit_seed"]),
                      "mcc per seed": " ".join(f"{v:.3f}" for v in group["mcc"]),
                      "f1 per seed": " ".join(f"{v:.3f}" for v in group["target_f1"]),
                      "elbo per seed": " ".join(f"{v:.2f}" for v in group["elbo"]),
                      "picked seed": int(picked["fit_seed"]), "mcc picked": picked["mcc"], "f1 picked": picked["target_f1"],
                      "elbo picked": picked["elbo"], "elbo from the truth": truth["elbo_end"].get(screen, np.nan),
                      "f1 from the truth": truth["target_f1_end"].get(screen, np.nan)})
-    return pd.DataFrame(rows).set_index("screen")
+    return pd.DataFrame(rows, columns=["screen"] + (list(rows[0])[1:] if rows else [])).set_index("screen")
 
 
 def fraction_table(seeds: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +266,7 @@ def main(argv=None) -> None:
                            "`truth_start_seeds_runs.jsonl`; `picked`: the fit with the highest ELBO (what "
                            "`fit(n_restarts=...)` keeps).", "",
                            markdown(seeds_table(read_runs(seeds_path), read_runs(RESULTS / "recovery_grid_budget_runs.jsonl"),
-                                                read_runs(path))), ""])
+                                                read_runs(path))), ""])  # fit seeds in increasing order
         fractions = fraction_table(read_runs(seeds_path))
         if len(fractions):
             text += "\n".join(["", f"### Other warm starts (the defaults: `warm_start_fraction` {DEFAULT_FRACTION}, "

@@ -340,6 +340,13 @@ def test_residual_mixing_tells_a_rotated_or_sheared_fit_from_a_folded_one():
     np.testing.assert_allclose(folds[0][1], [3.0, 0.0])  # u+ of latent 0
     # a latent moved alone on one side only has no fold
     assert residual_mixing.fold_cosines(true.iloc[[0, 2, 3]], true.iloc[[0, 2, 3]]).keys() == {1}
+    # a perturbation that moves another latent by 1 SD or more is not one that moves a latent alone
+    both = pd.concat([true, pd.DataFrame([[3.0, 2.0]])], ignore_index=True)
+    fitted = pd.concat([true, pd.DataFrame([[-9.0, 9.0]])], ignore_index=True)
+    assert residual_mixing.fold_cosines(fitted, both)[0][0] == pytest.approx(1.0)
+    # without controls the shifts are measured from the median perturbation
+    no_controls = residual_mixing.shifts_from_origin(np.array([[0.0], [1.0], [5.0]]), np.array(["a", "b", "c"]), False)
+    np.testing.assert_allclose(no_controls[0], [-1.0, 0.0, 4.0])
     # the pooled covariance within perturbations ignores where each perturbation's mean is
     rng = np.random.default_rng(0)
     labels = np.repeat(["control", "a", "b"], 4000)
@@ -360,20 +367,23 @@ def test_truth_start_seeds_table_picks_the_highest_elbo_over_every_fit_seed():
         {"screen": "fresh7", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 1, "mcc": 0.85, "target_f1": 0.88, "elbo": -409.2},
         {"screen": "fresh7", "method": "spike_and_slab", "screen_seed": 1, "fit_seed": 0, "mcc": 0.99, "target_f1": 1.0, "elbo": -1.0},
         {"screen": "base", "method": "spike_and_slab", "screen_seed": 0, "fit_seed": 0, "mcc": 0.96, "target_f1": 1.0, "elbo": -290.0}])
-    seeds = pd.DataFrame([{"screen": "fresh7", "fit_seed": 2, "mcc": 0.91, "target_f1": 0.99, "elbo": -408.3},
-                          {"screen": "fresh7", "fit_seed": 3, "mcc": 0.80, "target_f1": 0.80, "elbo": -410.0},
+    seeds = pd.DataFrame([{"screen": "fresh7", "fit_seed": 3, "mcc": 0.80, "target_f1": 0.80, "elbo": -410.0},
+                          {"screen": "fresh7", "fit_seed": 2, "mcc": 0.91, "target_f1": 0.99, "elbo": -408.3},
+                          {"screen": "fresh7", "fit_seed": 0, "mcc": 0.1, "target_f1": 0.1, "elbo": -1.0},  # the grid ran it
                           {"screen": "fresh7", "fit_seed": 0, "warm_start_fraction": 0.5, "mcc": 0.99,
                            "target_f1": 1.0, "elbo": -400.0, "seconds": 1.0}])  # another warm start: its own table
     truth = pd.DataFrame([{"screen": "fresh7", "elbo_end": -408.2, "target_f1_end": 1.0}])
     table = truth_start.seeds_table(seeds, defaults, truth)
     assert list(table.index) == ["fresh7"]  # only the screens with extra seeds; the other screen seed is left out
-    assert table.loc["fresh7", "fit_seeds"] == 4
+    assert table.loc["fresh7", "fit_seeds"] == "0 1 2 3"  # each seed once, the grid's row for seed 0, in order
+    assert table.loc["fresh7", "mcc per seed"] == "0.860 0.850 0.910 0.800"
     assert table.loc["fresh7", "picked seed"] == 2 and table.loc["fresh7", "mcc picked"] == pytest.approx(0.91)
     assert table.loc["fresh7", "elbo from the truth"] == pytest.approx(-408.2)
     seeds = pd.concat([seeds, pd.DataFrame([{"screen": "fresh7", "fit_seed": 0, "warm_start_fraction": 0.3,
                                              "warm_start_prior": "laplace", "mcc": 0.5, "target_f1": 0.5,
                                              "elbo": -300.0, "seconds": 1.0}])], ignore_index=True)
-    assert truth_start.seeds_table(seeds, defaults, truth).loc["fresh7", "fit_seeds"] == 4  # still the default runs only
+    assert truth_start.seeds_table(seeds, defaults, truth).loc["fresh7", "fit_seeds"] == "0 1 2 3"  # default runs only
+    assert truth_start.seeds_table(seeds.iloc[3:], defaults, truth).empty  # no default run: an empty table, no error
     fractions = truth_start.fraction_table(seeds)
     assert list(fractions.index) == [("fresh7", "gaussian", 0.5, 0), ("fresh7", "laplace", 0.3, 0)]
     assert fractions.loc[("fresh7", "gaussian", 0.5, 0), "elbo"] == pytest.approx(-400.0)
