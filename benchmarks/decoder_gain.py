@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_screens
+from recovery_grid import RESULTS, fit_defaults, linear_readout, markdown, read_runs, run_screens
 
 EDGE = 2.0  # |z_k| beyond which a cell is on a side of latent k, in prior SDs
 
@@ -80,9 +80,7 @@ def fit_latents(screen: str) -> list:
     adata, model, _ = fit_defaults(screen)
     learned, truth = model.get_latent(adata), np.asarray(adata.obsm["z_true"], float)
     matching = metrics.match_latents(learned, truth)
-    design = np.c_[learned, np.ones(len(learned))]
-    residual = truth - design @ np.linalg.lstsq(design, truth, rcond=None)[0]
-    linear = np.sqrt(1 - residual.var(0) / truth.var(0))
+    linear, _ = linear_readout(learned, truth)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     fitted_means = pd.DataFrame(learned).groupby(labels).mean()
     true_means = pd.DataFrame(truth).groupby(labels).mean()

@@ -139,6 +139,16 @@ def fit_defaults(screen: str, screen_seed: int = 0, fit_seed: int = 0, **options
     return adata, model, time.perf_counter() - start
 
 
+def linear_readout(learned: np.ndarray, truth: np.ndarray):
+    """Per true latent, the correlation an affine least-squares map of all ``learned`` ``[N, K]`` latents
+    reaches on ``truth`` ``[N, K_true]`` (in sample: what no linear map, oblique or not, beats), and the map's
+    coefficients ``[K + 1, K_true]`` (the last row the intercept): ``(r [K_true], coefficients)``."""
+    design = np.c_[learned, np.ones(len(learned))]
+    coefficients = np.linalg.lstsq(design, truth, rcond=None)[0]
+    residual = truth - design @ coefficients
+    return np.sqrt(np.clip(1 - residual.var(0) / truth.var(0), 0, 1)), coefficients
+
+
 def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
     import torch
 

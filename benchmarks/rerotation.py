@@ -41,11 +41,6 @@ THRESHOLDS = (0.95, 0.97, 0.98, 0.99)
 SCREENS = list(grid_screens("all"))
 
 
-def _fit_defaults(screen: str):
-    """``screen`` (seed 0) and ``fit``'s defaults on it, one thread."""
-    return fit_defaults(screen)
-
-
 def rotate_again(model, adata, latent: np.ndarray, rotation: np.ndarray):
     """``model`` rotated by ``rotation`` as ``fit`` does (networks rotated, origin at the controls, the
     prior's guide dropped, the sparse stage re-run with the same settings, the prior refitted): a new model
@@ -81,7 +76,7 @@ def rerotation_row(screen: str, second_below: float = np.inf) -> dict:
 
     threshold, warm.REROTATE_BELOW = warm.REROTATE_BELOW, 0.0  # no second rotation inside fit
     try:
-        adata, model, seconds_before = _fit_defaults(screen)
+        adata, model, seconds_before = fit_defaults(screen)
     finally:
         warm.REROTATE_BELOW = threshold
     sparse = model.history[model.history["stage"] == "sparse"]
@@ -108,7 +103,7 @@ def third_row(screen: str) -> dict:
     still under ``REROTATE_BELOW``, a third rotation as the second."""
     from pyro_svae import warm_start as warm
 
-    adata, model, seconds = _fit_defaults(screen)
+    adata, model, seconds = fit_defaults(screen)
     last = model.history[model.history["stage"] == model.history["stage"].iloc[-1]]
     row = {"screen": screen, "seconds_fit": seconds, "closeness_checked": warm.rotation_closeness(model.history),
            "rerotated": warm.was_rerotated(model.history), "validation_fit": float(last["validation_elbo"].max()),

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_screens  # noqa: E402
+from recovery_grid import RESULTS, fit_defaults, linear_readout, markdown, read_runs, run_screens  # noqa: E402
 
 ALONE, OTHERS = 2.0, 1.0  # a perturbation moves a latent alone: >= 2 SD on it, < 1 SD on every other
 
@@ -88,10 +88,7 @@ def mixing_row(screen: str) -> dict:
     values, vectors = np.linalg.eigh(covariance)
     whitened = learned @ vectors @ np.diag(values**-0.5) @ vectors.T
     rotation, _ = warm_start.residual_rotation(whitened, screen_data.perturbations, screen_data.n_perturbations, seed=0)
-    design = np.c_[learned, np.ones(len(learned))]
-    coefficients = np.linalg.lstsq(design, truth, rcond=None)[0]
-    residual = truth - design @ coefficients
-    linear = np.sqrt(np.clip(1 - residual.var(0) / truth.var(0), 0, 1))
+    linear, coefficients = linear_readout(learned, truth)
     matching = metrics.match_latents(learned, truth)
     matched = dict(zip(matching.true_index.tolist(), matching.correlations.tolist()))
     has_controls = bool(spec["n_control"])

@@ -29,6 +29,7 @@ Writes ``benchmarks/results/truth_start.md`` and ``.png`` (runs in ``truth_start
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -39,9 +40,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recovery_grid import RESULTS, fit_defaults, markdown, read_runs, run_and_record, run_screens  # noqa: E402
 
+import pyro_svae  # noqa: E402
+from pyro_svae import warm_start  # noqa: E402
+
 PRETRAIN_STEPS = 3000
-DEFAULT_FRACTION = 0.3  # fit's warm_start_fraction
-DEFAULT_PRIOR = "gaussian"  # the dense stage's prior, warm_start.WARM_START_PRIOR
+DEFAULT_FRACTION = inspect.signature(pyro_svae.fit).parameters["warm_start_fraction"].default
+DEFAULT_PRIOR = warm_start.WARM_START_PRIOR[0]  # the dense stage's prior
 
 
 def scores(model, adata) -> dict:
@@ -124,11 +128,10 @@ def truth_start_row(screen: str) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def seed_row(screen: str, fit_seed: int, warm_start_fraction: float = 0.3, warm_start_prior: str = "gaussian") -> dict:
+def seed_row(screen: str, fit_seed: int, warm_start_fraction: float = DEFAULT_FRACTION,
+             warm_start_prior: str = DEFAULT_PRIOR) -> dict:
     """``fit``'s defaults on ``screen`` (seed 0) with fit seed ``fit_seed`` (and ``warm_start_fraction``, and
     ``warm_start_prior`` for the dense stage: ``warm_start.WARM_START_PRIOR``), one thread: :func:`scores`."""
-    from pyro_svae import warm_start
-
     warm_start.WARM_START_PRIOR = (warm_start_prior, {})  # this worker process only
     adata, model, seconds = fit_defaults(screen, fit_seed=fit_seed, warm_start_fraction=warm_start_fraction)
     return {"screen": screen, "fit_seed": fit_seed, "warm_start_fraction": warm_start_fraction,
@@ -136,7 +139,7 @@ def seed_row(screen: str, fit_seed: int, warm_start_fraction: float = 0.3, warm_
             "seconds": seconds}
 
 
-def with_fraction(seeds: pd.DataFrame) -> pd.DataFrame:
+def with_warm_start(seeds: pd.DataFrame) -> pd.DataFrame:
     """``seeds`` with ``warm_start_fraction`` and ``warm_start_prior`` columns (the defaults where a run has none),
     and ``default``: whether the run used both defaults."""
     out = seeds.copy()
@@ -150,7 +153,7 @@ def with_fraction(seeds: pd.DataFrame) -> pd.DataFrame:
 def seeds_table(seeds: pd.DataFrame, defaults: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Per screen with extra fit seeds: each seed's MCC / F1 / ELBO (fit seeds 0 and 1 from ``defaults``),
     the fit the highest ELBO picks among them, and the truth-started fit's end."""
-    seeds = seeds[with_fraction(seeds)["default"].to_numpy()]
+    seeds = seeds[with_warm_start(seeds)["default"].to_numpy()]
     base = defaults[(defaults["method"] == "spike_and_slab") & (defaults["screen_seed"] == 0)
                     & defaults["screen"].isin(set(seeds["screen"]))]
     # a fit seed the grid already ran (its row in ``defaults``) counts once
@@ -176,7 +179,7 @@ def seeds_table(seeds: pd.DataFrame, defaults: pd.DataFrame, truth: pd.DataFrame
 def fraction_table(seeds: pd.DataFrame) -> pd.DataFrame:
     """Per screen and warm start other than the default (``warm_start_fraction``, the dense stage's prior): MCC,
     F1 and ELBO of each fit seed's fit."""
-    seeds = with_fraction(seeds)
+    seeds = with_warm_start(seeds)
     other = seeds[~seeds["default"]]
     return other.set_index(["screen", "warm_start_prior", "warm_start_fraction", "fit_seed"])[
         ["mcc", "target_f1", "elbo", "seconds"]].sort_index()
@@ -240,10 +243,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     seeds_path = RESULTS / "truth_start_seeds_runs.jsonl"
     if args.fit_seeds:
-        done = read_runs(seeds_path)
-        done = with_fraction(done) if len(done) else done
-        done = set(zip(done["screen"], done["fit_seed"], done["warm_start_fraction"], done["warm_start_prior"])) \
-            if len(done) else set()
+        ran = with_warm_start(read_runs(seeds_path)) if seeds_path.exists() else pd.DataFrame()
+        done = set(zip(ran["screen"], ran["fit_seed"], ran["warm_start_fraction"], ran["warm_start_prior"])) if len(ran) else set()
         jobs = [(s, f, w, p) for s in args.seed_screens for p in args.warm_start_priors
                 for w in args.warm_start_fractions for f in args.fit_seeds]
         run_and_record(seed_row, [job for job in jobs if job not in done],
@@ -261,13 +262,14 @@ def main(argv=None) -> None:
                       (__doc__ or "").split("\n\n", 2)[2].split("\n\nWrites")[0], "",
                       "![start and end of each fit](truth_start.png)", "", markdown(result), ""])
     if seeds_path.exists():
+        seeds = read_runs(seeds_path)
         text += "\n".join(["", "## More fit seeds: do restarts reach the truth's basin?", "",
                            "Fit seeds 0 and 1 from `recovery_grid_budget_runs.jsonl`, the others from "
                            "`truth_start_seeds_runs.jsonl`; `picked`: the fit with the highest ELBO (what "
                            "`fit(n_restarts=...)` keeps).", "",
-                           markdown(seeds_table(read_runs(seeds_path), read_runs(RESULTS / "recovery_grid_budget_runs.jsonl"),
+                           markdown(seeds_table(seeds, read_runs(RESULTS / "recovery_grid_budget_runs.jsonl"),
                                                 read_runs(path))), ""])  # fit seeds in increasing order
-        fractions = fraction_table(read_runs(seeds_path))
+        fractions = fraction_table(seeds)
         if len(fractions):
             text += "\n".join(["", f"### Other warm starts (the defaults: `warm_start_fraction` {DEFAULT_FRACTION}, "
                                    f"dense stage `{DEFAULT_PRIOR}`)", "",

@@ -387,3 +387,14 @@ def test_truth_start_seeds_table_picks_the_highest_elbo_over_every_fit_seed():
     fractions = truth_start.fraction_table(seeds)
     assert list(fractions.index) == [("fresh7", "gaussian", 0.5, 0), ("fresh7", "laplace", 0.3, 0)]
     assert fractions.loc[("fresh7", "gaussian", 0.5, 0), "elbo"] == pytest.approx(-400.0)
+
+
+def test_linear_readout_reaches_any_affine_map_of_the_learned_latents_and_no_more(recovery_grid):
+    rng = np.random.default_rng(0)
+    learned = rng.normal(size=(2000, 3))
+    oblique = learned @ np.array([[1.0, 0.5], [0.3, -2.0], [0.0, 0.7]]) + 4.0  # an affine map, not orthogonal
+    r, coefficients = recovery_grid.linear_readout(learned, oblique)
+    np.testing.assert_allclose(r, 1.0, atol=1e-9)
+    np.testing.assert_allclose(coefficients[-1], 4.0, atol=1e-9)  # the intercept row
+    folded = np.abs(learned[:, :1])  # no linear map of the learned latents reaches a fold
+    assert recovery_grid.linear_readout(learned, folded)[0][0] < 0.2
