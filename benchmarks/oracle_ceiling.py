@@ -419,7 +419,7 @@ def _evidence_lines(evidence: pd.DataFrame) -> list:
                      f"to {evidence[f'{prefix}difference'].max():+.3f} nats (median {evidence[f'{prefix}difference'].median():+.3f})")
     longer = evidence.attrs.get("longer")
     if longer is not None and len(longer):
-        lines += [f"- with more steps (`--steps-factor`): " + ", ".join(
+        lines += ["- with more steps (`--steps-factor`): " + ", ".join(
             f"{name} x{row['steps_factor']:g}: MCC {evidence.loc[name, 'fit_mcc']:.3f} -> {row['fit_mcc']:.3f}, training-cell "
             f"difference {evidence.loc[name, 'train_difference']:+.3f} -> {row['train_difference']:+.3f}, held-out "
             f"{evidence.loc[name, 'difference']:+.3f} -> {row['difference']:+.3f}" for name, row in longer.iterrows())]

@@ -554,7 +554,6 @@ def main():
 
 
 def report(steps, fits, profile, predicted, scale, args, adata):
-    import pandas as pd
     import torch
 
     import pyro_svae

@@ -356,6 +356,74 @@ def test_residual_mixing_tells_a_rotated_or_sheared_fit_from_a_folded_one():
     np.testing.assert_allclose(shifts.loc["a"], [5.0, 0.0], atol=0.1)
 
 
+
+def _linear_view_screen(bend: bool, seed: int = 0):
+    """Counts of 3 latents, 6 perturbations moving one latent by +-3 SD each, and controls; log-rates linear
+    in the latents, or (``bend``) along other genes on each latent's negative side."""
+    rng = np.random.default_rng(seed)
+    shifts = np.vstack([np.zeros(3), 3 * np.eye(3), -3 * np.eye(3)])
+    labels = np.repeat(["control"] + [f"p{i}" for i in range(6)], 400)
+    z = rng.normal(size=(len(labels), 3)) + np.repeat(shifts, 400, 0)
+    up, down = rng.normal(scale=0.4, size=(3, 60)), rng.normal(scale=0.4, size=(3, 60))
+    rate = np.maximum(z, 0) @ up + np.maximum(-z, 0) @ down if bend else z @ up
+    counts = rng.poisson(np.exp(rate + 2.0))
+    return counts.astype(float), labels, z
+
+
+def test_linear_view_recovers_a_linear_screen_and_folds_a_bent_one():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import residual_mixing
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from pyro_svae.metrics import mcc
+
+    def fold(bend):
+        counts, labels, z = _linear_view_screen(bend)
+        latent = residual_mixing.linear_view(counts, labels, 3, has_controls=True)
+        assert latent.shape == (len(labels), 3)
+        folds = residual_mixing.fold_cosines(residual_mixing.shifts_from_origin(latent, labels, True),
+                                             residual_mixing.shifts_from_origin(z, labels, True))
+        return mcc(latent, z), min(c for c, _, _ in folds.values())
+
+    linear_mcc, linear_fold = fold(bend=False)
+    assert linear_mcc > 0.95 and linear_fold > 0.9  # log1p of moderate counts bends a little (0.94-0.97 over seeds 0-2)
+    _, bent_fold = fold(bend=True)
+    assert bent_fold < 0.7  # 0.47-0.60 over seeds 0-2
+
+
+def test_papalexi_seeds_agreement_needs_no_matching_of_latents():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import papalexi_seeds
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    # the same biology on other latent indices: IFNGR1 and JAK2 together, SMAD4 apart
+    a = {"IFNGR1": [2], "JAK2": [2], "SMAD4": [0, 5], "MYC": []}
+    b = {"IFNGR1": [7], "JAK2": [7], "SMAD4": [1]}
+    assert papalexi_seeds.co_targeted(a) == papalexi_seeds.co_targeted(b) == {("IFNGR1", "JAK2")}
+    assert papalexi_seeds.jaccard(set(), set()) == 1.0 and papalexi_seeds.jaccard({1, 2}, {2, 3}) == pytest.approx(1 / 3)
+    table = pd.DataFrame({"n_cells": [900, 800, 400, 70, 500], "n_de_genes": [100, 90, 60, 40, 0],
+                          "phenotype": [True, True, True, True, False]},
+                         index=["IFNGR1", "JAK2", "SMAD4", "MYC", "CD86"])
+    shifts = {"IFNGR1": 2.0, "JAK2": 2.5, "SMAD4": 1.0, "MYC": 0.1, "CD86": 0.05}
+    runs = pd.DataFrame([
+        {"seed": 0, "n_latent": 10, "min_shift": 0.25, "seconds": 1.0, "calls": a,
+         "max_pip": {"IFNGR1": 1.0, "JAK2": 1.0, "SMAD4": 0.99, "MYC": 0.2, "CD86": 0.0}, "largest_shift": shifts},
+        {"seed": 1, "n_latent": 10, "min_shift": 0.25, "seconds": 1.0, "calls": {**b, "CD86": [3]},
+         "max_pip": {"IFNGR1": 1.0, "JAK2": 1.0, "SMAD4": 0.98, "MYC": 0.4, "CD86": 0.9}, "largest_shift": shifts}])
+    agreement = papalexi_seeds.agreement_table(runs).iloc[0]
+    assert agreement["pairs"] == 1 and agreement["knockouts (mean)"] == pytest.approx(3 / 4)
+    assert agreement["co-targeted pairs (mean)"] == 1.0
+    knockouts = papalexi_seeds.knockout_table(runs, table)
+    assert list(knockouts.index) == ["IFNGR1", "JAK2", "SMAD4", "MYC", "CD86"]  # CD86: called once, so shown
+    assert knockouts.loc["MYC", "called (10)"] == 0.0 and knockouts.loc["CD86", "called (10)"] == 0.5
+    assert knockouts.loc["MYC", "max PIP (10)"] == pytest.approx(0.3)
+    fits = papalexi_seeds.fit_table(runs, table)
+    assert list(fits["phenotype called"]) == ["3 of 4", "3 of 4"]
+    assert list(fits["no phenotype called"]) == ["0 of 1", "1 of 1"]
+    assert list(fits["IFN-gamma shared latent"]) == [False, False]  # STAT1 and IFNGR2 are never called here
+
 def test_truth_start_seeds_table_picks_the_highest_elbo_over_every_fit_seed():
     sys.path.insert(0, str(BENCHMARKS))
     try:
