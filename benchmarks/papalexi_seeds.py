@@ -1,6 +1,6 @@
 """Are the Papalexi target calls a property of the screen or of one fit? The calls over fit seeds and n_latent.
 
-    python benchmarks/papalexi_seeds.py [--seeds 0 1 2 3] [--n-latent 10 12] [--data ...] [--jobs 2]
+    python benchmarks/papalexi_seeds.py [--seeds 0 1 2 3] [--n-latent 10 12] [--data ...] [--jobs 2] [--report-only]
 
 ``benchmarks/papalexi.py`` fits the screen once (``n_latent=10``, seed 0) and scores its calls against
 the loader's phenotype proxy (goal: every knockout with 10+ genes changed gets a target at FDR 0.1,
@@ -83,7 +83,7 @@ def fit_table(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
                      "phenotype called": f"{len(called & set(table.index[table['phenotype']]))} of {int(table['phenotype'].sum())}",
                      "no phenotype called": f"{len(called - set(table.index[table['phenotype']]))} of {int((~table['phenotype']).sum())}",
                      "IFN-gamma shared latent": bool(shared), "seconds": run.seconds})
-    return pd.DataFrame(rows).sort_values(["n_latent", "seed"])
+    return pd.DataFrame(rows).sort_values(["n_latent", "seed"]).set_index(["n_latent", "seed"])
 
 
 def knockout_table(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
@@ -109,10 +109,12 @@ def agreement_table(runs: pd.DataFrame) -> pd.DataFrame:
                      "knockouts (mean)": np.mean(called) if pairs else np.nan, "knockouts (min)": min(called, default=np.nan),
                      "co-targeted pairs (mean)": np.mean(shared) if pairs else np.nan,
                      "co-targeted pairs (min)": min(shared, default=np.nan)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index("n_latent")
 
 
 def figure(runs: pd.DataFrame, knockouts: pd.DataFrame, path: Path) -> None:
+    """Left: each knockout's largest PIP per fit (x where called); right: its largest latent shift per fit
+    against the fits' ``min_shift``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +175,7 @@ def main(argv=None) -> None:
     figure(runs, knockouts, RESULTS / "papalexi_seeds.png")
     lines = ["# Papalexi target calls over fit seeds and n_latent (papalexi_seeds)", "",
              f"`python benchmarks/papalexi_seeds.py --seeds {' '.join(map(str, sorted(runs['seed'].unique())))} "
-             f"--n-latent {' '.join(map(str, sorted(runs['n_latent'].unique())))}` (one CPU thread per fit, two at a time)", "",
+             f"--n-latent {' '.join(map(str, sorted(runs['n_latent'].unique())))}` (one CPU thread per fit)", "",
              "Each fit as `benchmarks/papalexi.py`'s (the replicate as batch, every other `fit` setting at its "
              "default), with the fit seed and `n_latent` of its row. Goal 7: every knockout with a phenotype "
              "(10+ genes changed by the loader's proxy) called at FDR 0.1, none without, the IFN-gamma receptor "

@@ -22,11 +22,12 @@
   linear map undoes it. The screen's value is the smallest over latents with both sides.
   ``fold_truth``: the same measure on the true latents' own shifts (under 1 where a perturbation also
   moves another latent by up to 1 SD): the baseline a fit's fold is read against.
-- ``mcc_pca``, ``fold_pca``: the same for a start that needs no fit (:func:`linear_view`): the top
-  ``n_latent`` principal components of the cells' log-normalised counts, whitened by their
-  within-perturbation covariance and turned by the sparsest rotation of their shifts. Were the fold
-  the dense warm start's, a linear start would avoid it; it folds as much or more (a decoder that
-  bends sends a latent's two sides along different genes, and a linear view keeps them apart).
+- ``mcc_pca``, ``fold_pca``: the same for a linear view of the counts that needs no fit
+  (:func:`linear_view`): the top ``n_latent`` principal components of the cells' log-normalised
+  counts, whitened by their within-perturbation covariance and turned by the sparsest rotation of
+  every perturbation's mean (not ``residual_rotation``'s filtered rows). The fold is invariant to
+  linear maps, so this measures how far the counts themselves keep a latent's two sides apart
+  where the simulator's decoder bends: a start from it would begin that folded. No fit is run from it.
 - The figure: each latent's fold against its matched correlation, and the two sides' shifts of the
   first screen's two worst-recovered latents in the plane of the worst one (the two fitted latents with
   the largest least-squares weights on it; on fresh7 the second-worst latent's two largest weights are

@@ -82,6 +82,7 @@ def fit(
     lr: float = 1e-3,
     prior_lr: float = 1e-2,
     lr_decay: float = 1.0,
+    weight_decay: float = 0.0,
     kl_warmup_epochs: Union[int, str] = "auto",
     validation_fraction: float = 0.1,
     early_stopping: bool = True,
@@ -128,6 +129,12 @@ def fit(
         Learning rates of the networks and of the prior's guide parameters; both end each stage at ``lr_decay``
         times their value (exponential decay over the planned steps; ``1``: constant). The decay follows
         ``max_epochs``: a resume with a larger ``max_epochs`` continues on the longer schedule.
+    weight_decay : float
+        L2 penalty on the encoder's and decoder's weight matrices in every stage (``ClippedAdam``'s
+        ``weight_decay``: ``weight_decay * p`` added to the gradient after its clip, in the units of the
+        objective, the ELBO of the training cells; where the clip does not bind, ``1 / s**2`` is a
+        ``Normal(0, s)`` prior on each entry, MAP). The first layers' batch columns are decayed with them;
+        biases, LayerNorm gains, the dispersion and the prior's guide parameters are not. ``0`` (default): none.
     validation_fraction : float
         Cells held out for the validation ELBO and early stopping; ``0`` trains on all cells.
     early_stopping, patience :
@@ -177,6 +184,7 @@ def fit(
     _check("validation_fraction", validation_fraction, 0 <= validation_fraction < 1, "in [0, 1)")
     _check("lr", lr, lr > 0, "> 0")
     _check("lr_decay", lr_decay, 0 < lr_decay <= 1, "in (0, 1]")
+    _check("weight_decay", weight_decay, bool(np.isfinite(weight_decay)) and weight_decay >= 0, "to be finite and >= 0")
     _check("warm_start", warm_start, warm_start in (None, "rotate"), "to be None or 'rotate'")
     if checkpoint_every is not None:
         _check("checkpoint_every", checkpoint_every, isinstance(checkpoint_every, int) and checkpoint_every >= 1,
@@ -202,7 +210,7 @@ def fit(
         separator=separator, allow_non_integer=allow_non_integer)
     train_config = TrainConfig(
         batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr, lr_decay=lr_decay,
-        kl_warmup_epochs=kl_warmup_epochs, validation_fraction=validation_fraction,
+        weight_decay=weight_decay, kl_warmup_epochs=kl_warmup_epochs, validation_fraction=validation_fraction,
         early_stopping=early_stopping and validation_fraction > 0, patience=patience, seed=seed, objective=objective,
     )
     device = resolve_device(device)

@@ -55,7 +55,7 @@ def load_checkpoint(directory):
 
 
 #: settings added since checkpoints were first written, with the value that older ones trained with
-ADDED_SETTINGS = {"lr_decay": 1.0, "encoder": "counts"}
+ADDED_SETTINGS = {"lr_decay": 1.0, "encoder": "counts", "weight_decay": 0.0}
 
 
 def check_resumable(saved: dict, current: dict) -> None:

@@ -3,7 +3,7 @@
 ``pyro.optim.ClippedAdam`` keeps one ``torch.optim`` optimizer per parameter and steps them one
 by one: ~26 Python-level optimizer calls per step for the default networks, about 2 ms of a
 ~15 ms CPU step (``benchmarks/speed.py``). This optimizer performs the same arithmetic, in the same
-order, on all parameters of a learning rate at once, so its updates are bit-for-bit those of
+order, on all parameters of the same learning rate, clip and weight decay at once, so its updates are bit-for-bit those of
 ``ClippedAdam`` (``tests/test_optim.py``) with a fraction of the Python work.
 """
 
@@ -20,13 +20,15 @@ __all__ = ["MultiTensorClippedAdam"]
 
 
 class MultiTensorClippedAdam(PyroOptim):
-    """Adam with per-element gradient clipping (``ClippedAdam`` without weight decay; ``lr_scale``, which the
-    caller may change between steps, multiplies every learning rate, as ``ClippedAdam``'s ``lrd`` does).
+    """Adam with per-element gradient clipping: ``ClippedAdam`` (``lr_scale``, which the caller may change
+    between steps, multiplies every learning rate, as ``ClippedAdam``'s ``lrd`` does).
 
     Parameters
     ----------
     optim_args : dict or callable
-        ``{"lr": ..., "clip_norm": ...}``, or a function of the parameter's name returning it.
+        ``{"lr": ..., "clip_norm": ..., "weight_decay": ...}``, or a function of the parameter's name
+        returning it. ``weight_decay`` (default 0) adds ``weight_decay * p`` to the clipped gradient, as
+        ``ClippedAdam`` does (an L2 penalty, scaled by Adam like the gradient).
     betas, eps : as ``torch.optim.Adam``.
     """
 
@@ -39,7 +41,8 @@ class MultiTensorClippedAdam(PyroOptim):
 
     def _args(self, name: str) -> dict:
         args = self.pt_optim_args(name) if callable(self.pt_optim_args) else self.pt_optim_args
-        return {"lr": args.get("lr", 1e-3) * self.lr_scale, "clip_norm": args.get("clip_norm", 10.0)}
+        return {"lr": args.get("lr", 1e-3) * self.lr_scale, "clip_norm": args.get("clip_norm", 10.0),
+                "weight_decay": args.get("weight_decay", 0.0)}
 
     def __call__(self, params, *args, **kwargs) -> None:
         store = pyro.get_param_store()
@@ -53,16 +56,18 @@ class MultiTensorClippedAdam(PyroOptim):
                 state = self.state[name] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
             state["step"] += 1
             a = self._args(name)
-            groups.setdefault((a["lr"], a["clip_norm"], state["step"]), []).append((p, state))
+            groups.setdefault((a["lr"], a["clip_norm"], a["weight_decay"], state["step"]), []).append((p, state))
         beta1, beta2 = self.betas
         with torch.no_grad():
-            for (lr, clip_norm, step), members in groups.items():
+            for (lr, clip_norm, weight_decay, step), members in groups.items():
                 values = [p for p, _ in members]
                 grads = [p.grad for p, _ in members]
                 exp_avgs = [s["exp_avg"] for _, s in members]
                 exp_avg_sqs = [s["exp_avg_sq"] for _, s in members]
                 torch._foreach_clamp_min_(grads, -clip_norm)
                 torch._foreach_clamp_max_(grads, clip_norm)
+                if weight_decay != 0:  # a new list, as ClippedAdam's grad.add: p.grad keeps the clipped gradient
+                    grads = torch._foreach_add(grads, values, alpha=weight_decay)
                 torch._foreach_mul_(exp_avgs, beta1)
                 torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
                 torch._foreach_mul_(exp_avg_sqs, beta2)

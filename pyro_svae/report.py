@@ -137,7 +137,7 @@ def _model_section(model, device) -> list:
              f"- prior `{c.prior}` ({options}), likelihood `{c.likelihood}`, {c.n_latent} latents, "
              f"networks of {c.n_layers} x {c.n_hidden} hidden units{'' if c.encoder == 'counts' else f', encoder `{c.encoder}`'}",
              f"- batch size {t.batch_size}, up to {t.max_epochs} epochs, learning rates {t.lr:g} / {t.prior_lr:g} "
-             f"(networks / prior{'' if t.lr_decay == 1 else f', decaying to {t.lr_decay:g} of that'}), KL warm-up {t.kl_warmup_epochs} epochs, validation fraction {t.validation_fraction:g}, "
+             f"(networks / prior{'' if t.lr_decay == 1 else f', decaying to {t.lr_decay:g} of that'}){'' if not t.weight_decay else f', weight decay {t.weight_decay:g}'}, KL warm-up {t.kl_warmup_epochs} epochs, validation fraction {t.validation_fraction:g}, "
              f"early stopping {'on, patience ' + str(t.patience) if t.early_stopping else 'off'}, seed {t.seed}, "
              f"device {device}",
              "", "## Training", "", "![training curve](training.png)", ""]

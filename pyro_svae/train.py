@@ -14,6 +14,7 @@ import pandas as pd
 import pyro
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.params.param_store import param_with_module_name
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
@@ -61,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     clip_norm: float = 10.0
     lr_decay: float = 1.0  # both learning rates reach this fraction at the last step of ``max_epochs`` (exponentially)
+    weight_decay: float = 0.0  # L2 penalty on the networks' weight matrices (ClippedAdam's weight_decay)
     #: "fused" (pyro_svae.objective, TraceMeanField_ELBO's estimator in one pass) or "pyro" (SVI itself)
     objective: str = "fused"
 
@@ -188,10 +190,15 @@ def train(
     on_device = DataOnDevice(data, device)
     nets = components.nets
     global_params = {name for site in components.sites for name in site.params.values()}
+    # weight decay reaches the networks' weight matrices, named as pyro.module names them; not their biases
+    # or LayerNorm gains (the decoder's output bias holds each gene's baseline), nor a frozen parameter
+    decayed = {param_with_module_name(prefix, name) for prefix, module in (("encoder", nets.encoder), ("decoder", nets.decoder))
+               for name, value in module.named_parameters() if value.dim() >= 2} - set(frozen or {})
 
     def optim_args(param_name):
         lr = config.prior_lr if param_name in global_params else config.lr
-        return {"lr": lr, "clip_norm": config.clip_norm}
+        decay = config.weight_decay if param_name in decayed else 0.0
+        return {"lr": lr, "clip_norm": config.clip_norm, "weight_decay": decay}
 
     # ClippedAdam's updates, bit for bit, with multi-tensor kernels (pyro_svae.optim)
     optimizer = MultiTensorClippedAdam(optim_args)

@@ -44,6 +44,29 @@ def test_updates_are_bit_for_bit_those_of_clipped_adam():
     assert all(s["step"] == 15 for s in state.values())
 
 
+def test_weight_decay_is_that_of_clipped_adam_on_the_parameters_it_names():
+    def args(name):  # decay on the networks only, as fit(weight_decay=...) asks
+        decay = 0.0 if name.startswith("PriorGuide.") or name == "dispersion" else 0.05
+        return {"lr": 1e-2 if name.startswith("PriorGuide.") else 1e-3, "clip_norm": 0.5, "weight_decay": decay}
+
+    reference, _ = _run(ClippedAdam(args))
+    fast, _ = _run(MultiTensorClippedAdam(args))
+    plain, _ = _run(MultiTensorClippedAdam(lambda name: {**args(name), "weight_decay": 0.0}))
+    assert set(reference) == set(fast)
+    for name in reference:
+        assert torch.equal(reference[name], fast[name]), name
+    decayed = [name for name in reference if args(name)["weight_decay"]]
+    assert decayed and all(not torch.equal(fast[name], plain[name]) for name in decayed if "weight" in name)
+    # with a zero gradient only the decayed parameter moves, towards 0
+    optimizer = MultiTensorClippedAdam(lambda name: {"lr": 0.1, "weight_decay": 0.5 if name == "w" else 0.0})
+    with param_scope({}) as store:
+        store["w"], store["v"] = torch.ones(2), torch.ones(2)
+        w, v = store._params["w"], store._params["v"]
+        w.grad, v.grad = torch.zeros(2), torch.zeros(2)
+        optimizer([w, v])
+        assert (w < 1).all() and torch.equal(v, torch.ones(2)) and torch.equal(w.grad, torch.zeros(2))
+
+
 def test_state_round_trip():
     optimizer = MultiTensorClippedAdam({"lr": 1e-3})
     p = torch.zeros(3, requires_grad=True)

@@ -54,15 +54,60 @@ def test_lr_decay_reaches_its_fraction_at_the_last_planned_step(monkeypatch):
         pyro_svae.fit(make_screen(), **FAST, lr_decay=0)
 
 
-def test_checkpoints_from_before_lr_decay_and_encoder_resume_as_their_defaults():
+def test_weight_decay_reaches_the_networks_only(monkeypatch):
+    decays = {}
+
+    class Recording(pyro_svae.train.MultiTensorClippedAdam):
+        def __call__(self, params, *args, **kwargs):
+            store = pyro.get_param_store()
+            decays.update({store.param_name(p): self._args(store.param_name(p))["weight_decay"] for p in params})
+            return super().__call__(params, *args, **kwargs)
+
+    monkeypatch.setattr(pyro_svae.train, "MultiTensorClippedAdam", Recording)
+    model = pyro_svae.fit(make_screen(), **{**FAST, "max_epochs": 2}, warm_start=None, weight_decay=3.0)
+    nets = model.components.nets
+    matrices = {f"{prefix}$$${name}" for prefix, module in (("encoder", nets.encoder), ("decoder", nets.decoder))
+                for name, value in module.named_parameters() if value.dim() == 2}
+    assert len(matrices) == 5  # one hidden layer each, the encoder's two heads and the decoder's one
+    assert {decays[name] for name in matrices} == {3.0}
+    others = set(decays) - matrices
+    assert {decays[name] for name in others} == {0.0}
+    assert {"dispersion", "decoder$$$logits.bias", "decoder$$$body.1.weight"} <= others  # baseline, LayerNorm gain
+    from pyro_svae.report import _model_section
+
+    assert "weight decay 3," in "\n".join(_model_section(model, "cpu"))
+    # a frozen matrix stays as it was (SVAE.transfer freezes parameters), the others decay
+    import torch
+
+    from pyro_svae.data import read_screen
+    from pyro_svae.factory import SVAEConfig, build, layout_of
+    from pyro_svae.train import TrainConfig, train
+
+    data = read_screen(make_screen())
+    components, params = build(SVAEConfig(n_latent=3, n_hidden=16, n_layers=1), layout_of(data)), {}
+    config = TrainConfig(batch_size=64, max_epochs=1, validation_fraction=0.0, early_stopping=False, weight_decay=50.0)
+    train(data, components, config=config, params=params, device=torch.device("cpu"), progress=False)
+    before = {name: value.detach().clone() for name, value in params["params"].items()}
+    frozen, free = "decoder$$$logits.weight", "decoder$$$body.0.weight"
+    train(data, components, config=config, params=params, device=torch.device("cpu"), progress=False, frozen={frozen: True})
+    assert torch.equal(params["params"][frozen], before[frozen])
+    assert not torch.equal(params["params"][free], before[free])
+    for bad in (-1, float("inf")):
+        with pytest.raises(ValueError, match=rf"Expected weight_decay to be finite and >= 0, but got {bad}"):
+            pyro_svae.fit(make_screen(), **FAST, weight_decay=bad)
+
+
+def test_checkpoints_from_before_lr_decay_encoder_and_weight_decay_resume_as_their_defaults():
     from pyro_svae.checkpoint import check_resumable
 
-    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts"})  # written before the setting existed
+    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts", "weight_decay": 0.0})  # written before the setting existed
     with pytest.raises(ValueError, match="lr_decay was 1.0 in the checkpoint but is 0.5 now"):
-        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 0.5, "encoder": "counts"})
-    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts"})  # and before fit(encoder=)
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 0.5, "encoder": "counts", "weight_decay": 0.0})
+    check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts", "weight_decay": 0.0})  # and before fit(encoder=)
     with pytest.raises(ValueError, match="encoder was 'counts' in the checkpoint but is 'full' now"):
-        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "full"})
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "full", "weight_decay": 0.0})
+    with pytest.raises(ValueError, match="weight_decay was 0.0 in the checkpoint but is 1.0 now"):  # and before weight_decay
+        check_resumable({"lr": 1e-3}, {"lr": 1e-3, "lr_decay": 1.0, "encoder": "counts", "weight_decay": 1.0})
 
 
 def test_keyboard_interrupt_returns_the_model_so_far():
