@@ -125,16 +125,12 @@ def fit(
         ``q(z | x)`` mean-field; a factor of the counts times the cell's prior; or with a full covariance (:mod:`~pyro_svae.nets`).
     max_epochs, kl_warmup_epochs : int or "auto"
         ``"auto"``: about 28,000 optimisation steps (50 to 2,000 epochs), warm-up over the first fortieth of them.
-    lr, prior_lr, lr_decay : float
+    lr, prior_lr, lr_decay, weight_decay : float
         Learning rates of the networks and of the prior's guide parameters; both end each stage at ``lr_decay``
         times their value (exponential decay over the planned steps; ``1``: constant). The decay follows
-        ``max_epochs``: a resume with a larger ``max_epochs`` continues on the longer schedule.
-    weight_decay : float
-        L2 penalty on the encoder's and decoder's weight matrices in every stage (``ClippedAdam``'s
-        ``weight_decay``: ``weight_decay * p`` added to the gradient after its clip, in the units of the
-        objective, the ELBO of the training cells; where the clip does not bind, ``1 / s**2`` is a
-        ``Normal(0, s)`` prior on each entry, MAP). The first layers' batch columns are decayed with them;
-        biases, LayerNorm gains, the dispersion and the prior's guide parameters are not. ``0`` (default): none.
+        ``max_epochs``: a resume with a larger ``max_epochs`` continues on the longer schedule. ``weight_decay``
+        (default 0): ``ClippedAdam``'s L2 penalty on the networks' weight matrices (not biases, LayerNorm gains,
+        dispersion or prior), added to the clipped gradient of the training cells' ELBO: ``Normal(0, w**-0.5)``.
     validation_fraction : float
         Cells held out for the validation ELBO and early stopping; ``0`` trains on all cells.
     early_stopping, patience :
@@ -155,9 +151,8 @@ def fit(
         Record the inclusion probabilities after every epoch (``model.target_trace``, plotted by
         :func:`pyro_svae.pl.target_trace`): do the targets settle before training ends?
     objective : {"fused", "pyro"}
-        ``"fused"``: ``TraceMeanField_ELBO``'s estimator computed in one pass (:mod:`pyro_svae.objective`, tested
-        equal to Pyro's on the same draws, faster); ``"pyro"``: Pyro's ``SVI`` with ``TraceMeanField_ELBO`` on
-        :func:`pyro_svae.model` and :func:`pyro_svae.guide`.
+        ``"fused"``: ``TraceMeanField_ELBO``'s estimator in one pass (:mod:`pyro_svae.objective`, tested equal to
+        Pyro's on the same draws, faster); ``"pyro"``: Pyro's ``SVI`` on :func:`pyro_svae.model` and ``guide``.
     seed : int
         Seeds the split, the initialisation and every draw: the same seed gives the same model.
     device : str or torch.device, optional
@@ -223,12 +218,10 @@ def fit(
                                       "perturbations": screen.perturbation_names, "batches": screen.batch_names,
                                       "n_cells": screen.n_cells, "warm_start": warm_start,
                                       "warm_start_fraction": warm_start_fraction}, default=str))
-    resume = None
-    if resume_from is not None:
-        resume = load_checkpoint(resume_from)
+    resume = None if resume_from is None else load_checkpoint(resume_from)
+    if resume is not None:
         check_resumable(resume[0]["settings"], settings)
-    params: dict = {}
-    stages = []
+    params, stages = {}, []
     typical_shift, n_dense, extra = None, 0, {}
     if warm_start == "rotate" and resume is None:
         params, dense_history, n_dense, typical_shift = warm.dense_rotated_start(

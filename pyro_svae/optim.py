@@ -3,8 +3,8 @@
 ``pyro.optim.ClippedAdam`` keeps one ``torch.optim`` optimizer per parameter and steps them one
 by one: ~26 Python-level optimizer calls per step for the default networks, about 2 ms of a
 ~15 ms CPU step (``benchmarks/speed.py``). This optimizer performs the same arithmetic, in the same
-order, on all parameters of the same learning rate, clip and weight decay at once, so its updates are bit-for-bit those of
-``ClippedAdam`` (``tests/test_optim.py``) with a fraction of the Python work.
+order, on all parameters of the same learning rate, clip and weight decay at once, so its updates are
+bit-for-bit those of ``ClippedAdam`` (``tests/test_optim.py``) with a fraction of the Python work.
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from typing import Callable, Dict, Union
 import pyro
 import torch
 from pyro.optim import PyroOptim
+from pyro.params.param_store import param_with_module_name
 
-__all__ = ["MultiTensorClippedAdam"]
+__all__ = ["MultiTensorClippedAdam", "matrix_names"]
+
+
+def matrix_names(modules: Dict[str, torch.nn.Module]) -> set:
+    """The param-store names (as ``pyro.module(name, module)`` gives them) of the 2-D parameters of ``modules``:
+    the weight matrices, which ``fit(weight_decay=...)`` decays; not the biases (the decoder's output bias holds
+    each gene's baseline) or normalisation gains."""
+    return {param_with_module_name(prefix, name) for prefix, module in modules.items()
+            for name, value in module.named_parameters() if value.dim() >= 2}
 
 
 class MultiTensorClippedAdam(PyroOptim):

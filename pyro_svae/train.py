@@ -14,7 +14,6 @@ import pandas as pd
 import pyro
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
-from pyro.params.param_store import param_with_module_name
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
@@ -22,16 +21,15 @@ from .data import ScreenData
 from .elbo import local_elbo
 from .objective import cell_elbo, register_networks, step_function
 from .factory import Components
-from .optim import MultiTensorClippedAdam
+from .optim import MultiTensorClippedAdam, matrix_names
 from .runtime import DataOnDevice, flush_denormals, param_scope
 
 __all__ = ["TrainConfig", "TrainingDiverged", "auto_max_epochs", "split_cells", "steps_per_epoch", "train"]
 
 logger = logging.getLogger(__name__)
 
-#: ``max_epochs="auto"`` aims at about this many optimisation steps: 14,000 left 27 of the recovery grid's
-#: 42 seed-0 fits still improving at the last epoch; 28,000 raised latent MCC on 34 of 42 (target F1 +0.007,
-#: realised FDP at fdr 0.1 -0.012) for 1.7x the time (``benchmarks/results/budget.md``)
+#: ``max_epochs="auto"`` aims at about this many steps: 14,000 left 27 of the grid's 42 seed-0 fits still improving;
+#: 28,000 raised MCC on 34 of 42 (F1 +0.007, FDP at fdr 0.1 -0.012) for 1.7x the time (benchmarks/results/budget.md)
 TARGET_STEPS = 28000
 AUTO_EPOCHS = (50, 2000)  # the bounds of ``max_epochs="auto"``: small screens do not run for ever
 #: epochs averaged in the validation ELBO that early stopping watches
@@ -183,17 +181,12 @@ def train(
     train_index, val_index = split_cells(data.n_cells, config.validation_fraction, rng)
     n_val = len(val_index)
     if len(train_index) < config.batch_size:
-        raise ValueError(
-            f"batch_size={config.batch_size} is larger than the {len(train_index)} training cells; "
-            "expected batch_size <= number of cells (after the validation split)."
-        )
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_index)} training cells; "
+                         "expected batch_size <= number of cells (after the validation split).")
     on_device = DataOnDevice(data, device)
     nets = components.nets
     global_params = {name for site in components.sites for name in site.params.values()}
-    # weight decay reaches the networks' weight matrices, named as pyro.module names them; not their biases
-    # or LayerNorm gains (the decoder's output bias holds each gene's baseline), nor a frozen parameter
-    decayed = {param_with_module_name(prefix, name) for prefix, module in (("encoder", nets.encoder), ("decoder", nets.decoder))
-               for name, value in module.named_parameters() if value.dim() >= 2} - set(frozen or {})
+    decayed = matrix_names({"encoder": nets.encoder, "decoder": nets.decoder}) - set(frozen or {})  # never frozen ones
 
     def optim_args(param_name):
         lr = config.prior_lr if param_name in global_params else config.lr
