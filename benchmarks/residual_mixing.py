@@ -25,9 +25,9 @@
 - ``mcc_pca``, ``fold_pca``: the same for a linear view of the counts that needs no fit
   (:func:`linear_view`): the top ``n_latent`` principal components of the cells' log-normalised
   counts, whitened by their within-perturbation covariance and turned by the sparsest rotation of
-  every perturbation's mean (not ``residual_rotation``'s filtered rows). The fold is invariant to
-  linear maps, so this measures how far the counts themselves keep a latent's two sides apart
-  where the simulator's decoder bends: a start from it would begin that folded. No fit is run from it.
+  every perturbation's mean (not ``residual_rotation``'s filtered rows). A linear map keeps the two
+  sides of a straight latent opposite (fold 1), so what this view leaves folded is the counts' own
+  bend, where the simulator's decoder bends: a start from it would begin that folded. No fit is run from it.
 - The figure: each latent's fold against its matched correlation, and the two sides' shifts of the
   first screen's two worst-recovered latents in the plane of the worst one (the two fitted latents with
   the largest least-squares weights on it; on fresh7 the second-worst latent's two largest weights are
