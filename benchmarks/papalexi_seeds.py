@@ -38,14 +38,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from papalexi import DATA, IFN_GAMMA, _fit, load, phenotypes  # noqa: E402
 from recovery_grid import RESULTS, markdown, read_runs, run_and_record  # noqa: E402
+from residual_mixing import shifts_from_origin  # noqa: E402
 
 RUNS = RESULTS / "papalexi_seeds_runs.jsonl"
-
-
-def empirical_shifts(latent: np.ndarray, labels: np.ndarray, control: str = "control") -> pd.DataFrame:
-    """Mean latent ``[P, K]`` of each perturbation's cells less the control cells' mean latent."""
-    means = pd.DataFrame(latent).groupby(labels).mean()
-    return means.drop(index=control) - means.loc[control]
 
 
 def calls_row(path: str, seed: int, n_latent: int) -> dict:
@@ -56,7 +51,8 @@ def calls_row(path: str, seed: int, n_latent: int) -> dict:
     seconds = time.perf_counter() - start
     calls = model.target_calls(fdr=0.1)
     pips = model.intervention_targets()
-    shifts = empirical_shifts(model.get_latent(adata), adata.obs["perturbation"].astype(str).to_numpy())
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    shifts = shifts_from_origin(model.get_latent(adata), labels, has_controls=True).drop(index="control")
     return {"seed": seed, "n_latent": n_latent, "seconds": seconds,
             "min_shift": float(model.components.config.prior_options["min_shift"]),
             "calls": {p: sorted(int(k) for k in group["latent"]) for p, group in calls.groupby("perturbation")},

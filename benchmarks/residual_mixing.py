@@ -91,8 +91,7 @@ def mixing_row(screen: str) -> dict:
     covariance = within_covariance(learned, labels)
     sd = np.sqrt(np.diag(covariance))
     correlation = covariance / np.outer(sd, sd)
-    values, vectors = np.linalg.eigh(covariance)
-    whitened = learned @ vectors @ np.diag(values**-0.5) @ vectors.T
+    whitened = learned @ whitening(learned, labels)
     rotation, _ = warm_start.residual_rotation(whitened, screen_data.perturbations, screen_data.n_perturbations, seed=0)
     linear, coefficients = linear_readout(learned, truth)
     matching = metrics.match_latents(learned, truth)
@@ -116,24 +115,10 @@ COLUMNS = ["mcc", "target_f1", "within_corr", "mcc_whitened", "mcc_whitened_rota
            "fold_truth", "mcc_pca", "fold_pca", "seconds"]
 
 
-def truth_folds(screen: str) -> dict:
-    """Per true latent of ``screen`` (seed 0): :func:`fold_cosines` of the true latents' own shifts."""
-    from pyro_svae.datasets import grid_screens, simulate_grid_screen
-
-    adata = simulate_grid_screen(screen, seed=0)
-    truth = shifts_from_origin(np.asarray(adata.obsm["z_true"], float), adata.obs["perturbation"].astype(str).to_numpy(),
-                               bool(grid_screens("all")[screen]["n_control"]))
-    return {k: c for k, (c, _, _) in fold_cosines(truth, truth).items()}
-
-
-def with_truth_folds(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with ``fold_truth`` per screen (the smallest) and in each latent's entry."""
-    runs = runs.copy()
-    folds = {screen: truth_folds(screen) for screen in runs["screen"]}
-    runs["fold_truth"] = [min(folds[s].values(), default=np.nan) for s in runs["screen"]]
-    runs["latents"] = [[{**latent, "fold_truth": folds[s].get(latent["latent"], np.nan)} for latent in latents]
-                       for s, latents in zip(runs["screen"], runs["latents"])]
-    return runs
+def whitening(latent: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The symmetric ``W`` ``[K, K]`` with ``latent @ W`` of identity pooled within-perturbation covariance."""
+    values, vectors = np.linalg.eigh(within_covariance(latent, labels))
+    return vectors @ np.diag(values**-0.5) @ vectors.T
 
 
 def linear_view(counts: np.ndarray, labels: np.ndarray, n_latent: int, has_controls: bool, seed: int = 0) -> np.ndarray:
@@ -148,15 +133,15 @@ def linear_view(counts: np.ndarray, labels: np.ndarray, n_latent: int, has_contr
     logged = logged - logged.mean(0)
     _, _, vt = np.linalg.svd(logged, full_matrices=False)
     latent = logged @ vt[:n_latent].T
-    values, vectors = np.linalg.eigh(within_covariance(latent, labels))
-    latent = latent @ vectors @ np.diag(values**-0.5) @ vectors.T
+    latent = latent @ whitening(latent, labels)
     shifts = shifts_from_origin(latent, labels, has_controls)
     shifts = shifts.drop(index="control") if has_controls else shifts
     return latent @ sparsest_rotation(shifts.to_numpy(), seed=seed)
 
 
-def linear_views(screen: str) -> dict:
-    """:func:`linear_view` of ``screen`` (seed 0) scored as a fit: MCC, the smallest fold, each latent's fold."""
+def screen_measures(screen: str) -> dict:
+    """What needs ``screen`` (seed 0) but no fit, per true latent: the fold of the true latents' own shifts
+    (``fold_truth``) and of :func:`linear_view` (``fold_pca``), and the linear view's MCC (``mcc_pca``)."""
     import scipy.sparse
 
     from pyro_svae import metrics
@@ -167,19 +152,23 @@ def linear_views(screen: str) -> dict:
     counts = adata.X.toarray() if scipy.sparse.issparse(adata.X) else np.asarray(adata.X, float)
     labels, has_controls = adata.obs["perturbation"].astype(str).to_numpy(), bool(spec["n_control"])
     latent, truth = linear_view(counts, labels, spec["n_latent"], has_controls), np.asarray(adata.obsm["z_true"], float)
-    folds = fold_cosines(shifts_from_origin(latent, labels, has_controls), shifts_from_origin(truth, labels, has_controls))
-    return {"mcc": metrics.mcc(latent, truth), "fold": min((c for c, _, _ in folds.values()), default=np.nan),
-            "folds": {k: c for k, (c, _, _) in folds.items()}}
+    true_shifts = shifts_from_origin(truth, labels, has_controls)
+    return {"mcc_pca": metrics.mcc(latent, truth),
+            "fold_truth": {k: c for k, (c, _, _) in fold_cosines(true_shifts, true_shifts).items()},
+            "fold_pca": {k: c for k, (c, _, _) in fold_cosines(shifts_from_origin(latent, labels, has_controls),
+                                                                true_shifts).items()}}
 
 
-def with_linear_views(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with ``mcc_pca`` and ``fold_pca`` per screen (:func:`linear_views`) and ``fold_pca`` per latent."""
+def with_screen_measures(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with :func:`screen_measures`: ``mcc_pca``, and ``fold_truth`` and ``fold_pca`` per screen (the
+    smallest) and in each latent's entry."""
     runs = runs.copy()
-    views = {screen: linear_views(screen) for screen in runs["screen"]}
-    runs["mcc_pca"] = [views[s]["mcc"] for s in runs["screen"]]
-    runs["fold_pca"] = [views[s]["fold"] for s in runs["screen"]]
-    runs["latents"] = [[{**latent, "fold_pca": views[s]["folds"].get(latent["latent"], np.nan)} for latent in latents]
-                       for s, latents in zip(runs["screen"], runs["latents"])]
+    measures = {screen: screen_measures(screen) for screen in runs["screen"]}
+    runs["mcc_pca"] = [measures[s]["mcc_pca"] for s in runs["screen"]]
+    for column in ("fold_truth", "fold_pca"):
+        runs[column] = [min(measures[s][column].values(), default=np.nan) for s in runs["screen"]]
+        runs["latents"] = [[{**latent, column: measures[s][column].get(latent["latent"], np.nan)} for latent in latents]
+                           for s, latents in zip(runs["screen"], runs["latents"])]
     return runs
 
 
@@ -243,7 +232,7 @@ def main(argv=None) -> None:
                             f"linear {row['mcc_linear']:.3f}, fold {row['fold']:.2f} ({row['seconds']:.0f}s)")
     runs = read_runs(path)
     runs = runs.set_index("screen").loc[[s for s in args.screens if s in set(runs["screen"])]].reset_index()
-    runs = with_linear_views(with_truth_folds(runs))
+    runs = with_screen_measures(runs)
     command = "python benchmarks/residual_mixing.py " + " ".join(argv if argv is not None else sys.argv[1:])
     figure(runs, RESULTS / "residual_mixing.png")
     text = "\n".join(["# What stays mixed below the bar (residual_mixing)", "", f"`{command.strip()}`", "",
