@@ -19,7 +19,8 @@ and each ``n_latent`` (``select_model`` recommended 12 on this screen), and for 
 Agreement between fits does not need their latents matched: ``knockouts`` is the Jaccard index of the
 sets of knockouts called, ``co-targeted pairs`` that of the pairs of knockouts called on a common latent
 (which perturbations act on the same process: the biologist's question), over every pair of fits with
-the same ``n_latent``.
+the same ``n_latent``. Each run also records ``closeness`` and ``rerotated``: what ``fit``'s check for
+mixed latents measured and whether it rotated the fit again (``warm_start.REROTATE_BELOW``).
 
 Writes ``benchmarks/results/papalexi_seeds.md`` and ``.png`` (runs in ``papalexi_seeds_runs.jsonl``).
 """
@@ -45,6 +46,8 @@ RUNS = RESULTS / "papalexi_seeds_runs.jsonl"
 
 def calls_row(path: str, seed: int, n_latent: int) -> dict:
     """One fit of the screen: its calls at FDR 0.1, each knockout's largest PIP and largest empirical shift."""
+    from pyro_svae import warm_start
+
     adata = load(path)
     start = time.perf_counter()
     model = _fit(adata, n_latent, seed=seed)
@@ -55,6 +58,7 @@ def calls_row(path: str, seed: int, n_latent: int) -> dict:
     shifts = shifts_from_origin(model.get_latent(adata), labels, has_controls=True).drop(index="control")
     return {"seed": seed, "n_latent": n_latent, "seconds": seconds,
             "min_shift": float(model.components.config.prior_options["min_shift"]),
+            "closeness": warm_start.rotation_closeness(model.history), "rerotated": warm_start.was_rerotated(model.history),
             "calls": {p: sorted(int(k) for k in group["latent"]) for p, group in calls.groupby("perturbation")},
             "max_pip": pips.max(1).astype(float).to_dict(), "largest_shift": shifts.abs().max(1).astype(float).to_dict()}
 

@@ -344,9 +344,9 @@ def markdown(table: pd.DataFrame) -> str:
     index_name = " ".join(str(n) for n in table.index.names if n is not None)
     cell = (lambda v: f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v))  # noqa: E731
     lines = ["| " + " | ".join([index_name] + columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for key, row in table.iterrows():
+    for key, *values in table.itertuples(name=None):  # each value keeps its column's type (an int stays one)
         key = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-        lines.append("| " + " | ".join([key] + [cell(v) for v in row.to_numpy()]) + " |")
+        lines.append("| " + " | ".join([key] + [cell(v) for v in values]) + " |")
     return "\n".join(lines)
 
 

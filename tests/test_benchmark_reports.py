@@ -478,3 +478,48 @@ def test_linear_readout_reaches_any_affine_map_of_the_learned_latents_and_no_mor
     np.testing.assert_allclose(coefficients[-1], 4.0, atol=1e-9)  # the intercept row
     folded = np.abs(learned[:, :1])  # no linear map of the learned latents reaches a fold
     assert recovery_grid.linear_readout(learned, folded)[0][0] < 0.2
+
+
+def test_dense_fold_observes_fits_dense_stage_and_stops_there():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import dense_fold
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import pyro_svae
+    from pyro_svae import warm_start
+
+    from .conftest import FAST, make_screen
+
+    adata = make_screen()
+    original = adata.copy()
+    train, start = warm_start.train, warm_start.dense_rotated_start
+    epochs, ends, after = [], [], []
+    with dense_fold.observed_dense_stage(lambda epoch, components, params, config: epochs.append(epoch),
+                                         lambda components, params, config, n_dense: ends.append(
+                                             (config.max_epochs, n_dense))):
+        pyro_svae.fit(adata, **{**FAST, "max_epochs": 10})
+        after.append("fit returned")  # never: fit stops once the dense stage is over
+    assert after == [] and ends == [(10, 3)] and epochs == [0, 1, 2]  # 0.3 of 10 epochs, then the rotated start
+    assert (warm_start.train, warm_start.dense_rotated_start) == (train, start)  # put back
+    with pytest.raises(ValueError), dense_fold.observed_dense_stage(lambda *a: None, lambda *a: None):
+        raise ValueError("an error in the block")
+    assert (warm_start.train, warm_start.dense_rotated_start) == (train, start)
+
+    copied = dense_fold.with_control_copies(adata, 3)
+    is_control = adata.obs["perturbation"].astype(str) == "control"
+    assert copied.n_obs == adata.n_obs + 2 * is_control.sum() and copied.obs_names.is_unique
+    assert (copied.obs["perturbation"].astype(str) == "control").sum() == 3 * is_control.sum()
+    assert dense_fold.with_control_copies(adata, 1) is adata
+    np.testing.assert_array_equal(adata.X, original.X)
+    assert adata.obs_names.equals(original.obs_names)
+
+
+def test_markdown_keeps_each_columns_type_in_an_all_numeric_row(recovery_grid):
+    table = pd.DataFrame({"screens": [26, 8], "median_mcc": [0.96312, 0.5], "name": ["a", "b"]},
+                         index=pd.Index(["x", "y"], name="method"))
+    lines = recovery_grid.markdown(table).splitlines()
+    assert lines[0] == "| method | screens | median_mcc | name |"
+    assert lines[2:] == ["| x | 26 | 0.963 | a |", "| y | 8 | 0.500 | b |"]
+    numeric = recovery_grid.markdown(table[["screens", "median_mcc"]]).splitlines()  # a row of numbers only
+    assert numeric[2] == "| x | 26 | 0.963 |"
