@@ -78,8 +78,8 @@ def with_control_copies(adata, copies: int):
 def observed_dense_stage(on_epoch, on_end):
     """Within the block, ``fit``'s dense stage calls ``on_epoch(epoch, components, params, config)`` after
     each epoch and ``on_end(components, params, config, n_dense)`` on its rotated result (``n_dense``: the
-    stage's epochs), then ``fit`` stops
-    (``_DenseStageOver``). ``on_epoch`` may raise ``_DenseStageOver`` to stop earlier."""
+    stage's epochs), then ``fit`` stops (``_DenseStageOver``); ``on_epoch`` may raise it to stop earlier.
+    ``warm_start`` calls ``train`` for the dense stage only (``fit`` calls it for the sparse stages)."""
     from pyro_svae import warm_start
 
     train, dense_rotated_start = warm_start.train, warm_start.dense_rotated_start
