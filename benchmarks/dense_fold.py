@@ -19,6 +19,12 @@ stopped when the stage ends; nothing after it runs):
   (default 256), 4 latents more than the truth (an overcomplete chart; MCC then matches the best
   latents among more), and the control cells repeated 10 times (a heavier weight on the cells whose
   prior is the origin; measured on the screen's own cells).
+- ``shallower``: the same screen with the simulator's decoder one and two hidden layers shallower
+  (fresh7 and fresh2 have three; every other setting and the seed the same, so the same targets,
+  shifts and cell latents, which ``simulate`` draws before the decoder), fitted with ``fit``'s
+  defaults to the end (fit seed 0): MCC, target F1 and the smallest fold of the finished fit, beside
+  the screen's own (``residual_mixing_runs.jsonl``). One factor at a time, where the grid's table
+  below only sets screens of different depths side by side.
 - ``depth``: the committed grid (``recovery_grid_budget_runs.jsonl``, the mean over screen seeds 0
   and 1) by the depth of the simulator's decoder. Its decoder is a bias-free leaky-ReLU network, so
   the two sides of a latent change different genes (the counts' own bend, ``residual_mixing``'s
@@ -47,6 +53,7 @@ VARIANTS = {"defaults": {}, "kl_warmup 1": {"kl_warmup_epochs": 1}, "kl_warmup 6
             "batch 64": {"batch_size": 64}, "batch 1024": {"batch_size": 1024}, "latents +4": {"n_latent_extra": 4},
             "controls x10": {"control_copies": 10}}
 SEEDS, EARLY_EPOCH, EVERY = range(8), 10, 10
+SHALLOWER_SCREENS, SHALLOWER_LAYERS = ["fresh7", "fresh2"], [1, 2]
 
 
 class _DenseStageOver(Exception):
@@ -148,11 +155,41 @@ def dense_run(part: str, screen: str, variant: str = "defaults", fit_seed: int =
     return rows
 
 
+def shallower_run(part: str, screen: str, variant: str, fit_seed: int = 0) -> list:
+    """``fit``'s defaults to the end on ``screen`` with its simulator decoder ``variant`` (``"layers 1"``, ...)
+    hidden layers deep, every other setting of the screen and its seed (0) the same: the same targets,
+    shifts and cell latents (drawn before the decoder), another decoder and other count noise."""
+    import torch
+
+    torch.set_num_threads(1)
+    import pyro_svae
+    from pyro_svae import metrics
+    from pyro_svae.datasets import grid_screens, simulate
+
+    spec = {**grid_screens("all")[screen], "decoder_layers": int(variant.split()[1])}
+    adata = simulate(**spec, seed=0)
+    has_controls = bool(spec["n_control"])
+    model = pyro_svae.fit(adata, n_latent=spec["n_latent"], control="control" if has_controls else None,
+                          seed=fit_seed, progress=False)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    true_shifts = shifts_from_origin(np.asarray(adata.obsm["z_true"], float), labels, has_controls)
+    recovered = metrics.recovery(model, adata)
+    return [{"part": part, "screen": screen, "variant": variant, "fit_seed": fit_seed, "epoch": "fit",
+             "mcc": recovered["mcc"], "target_f1": recovered["target_f1"],
+             **folds(model.get_latent(adata), labels, true_shifts, has_controls)}]
+
+
+def run_job(part: str, screen: str, variant: str, fit_seed: int) -> list:
+    """One job of :func:`jobs`."""
+    return (shallower_run if part == "shallower" else dense_run)(part, screen, variant, fit_seed)
+
+
 def jobs() -> list:
     """``(part, screen, variant, fit_seed)`` of every observed dense stage of the page."""
     return ([("trajectory", s, "defaults", 0) for s in TRAJECTORY_SCREENS]
             + [("seeds", s, "defaults", seed) for s in ["fresh7", "fresh2", "base"] for seed in SEEDS]
-            + [("variants", s, v, 0) for v in VARIANTS if v != "defaults" for s in VARIANT_SCREENS])
+            + [("variants", s, v, 0) for v in VARIANTS if v != "defaults" for s in VARIANT_SCREENS]
+            + [("shallower", s, f"layers {n}", 0) for s in SHALLOWER_SCREENS for n in SHALLOWER_LAYERS])
 
 
 def key(row) -> tuple:
@@ -187,6 +224,21 @@ def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
                 & runs["part"].isin(["trajectory", "variants"])]
     table = ends.pivot_table(index="variant", columns="screen", values=["fold_mean", "mcc_rotated"])
     return table.loc[[v for v in VARIANTS if v in table.index], (slice(None), VARIANT_SCREENS)]
+
+
+def shallower_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per screen and simulator depth: MCC, target F1 and smallest fold of ``fit``'s finished fit."""
+    rows = runs[runs["part"] == "shallower"].assign(layers=lambda t: t["variant"].str.split().str[1].astype(int))
+    rows = rows[["screen", "layers", "mcc", "target_f1", "fold_min"]]
+    mixing = RESULTS / "residual_mixing_runs.jsonl"
+    if mixing.exists():  # the screens' own depth (3), fitted the same way
+        from pyro_svae.datasets import grid_screens
+
+        own = read_runs(mixing).drop_duplicates("screen", keep="last")
+        own = own[own["screen"].isin(rows["screen"])].rename(columns={"fold": "fold_min"})
+        own["layers"] = [grid_screens("all")[s]["decoder_layers"] for s in own["screen"]]
+        rows = pd.concat([rows, own[["screen", "layers", "mcc", "target_f1", "fold_min"]]])
+    return rows.set_index(["screen", "layers"]).sort_index()
 
 
 def depth_table() -> pd.DataFrame:
@@ -244,7 +296,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         done = {key(r) for _, r in read_runs(path).iterrows()} if path.exists() else set()
         todo = [job for job in jobs() if job not in done]
-        run_and_record(dense_run, todo, path, args.jobs,
+        run_and_record(run_job, todo, path, args.jobs,
                        lambda r: f"{r['part']:>10} {r['screen']:>10} {r['variant']:>12} seed {r['fit_seed']} "
                                  f"epoch {r['epoch']}: fold {r['fold_min']:.2f} / {r['fold_mean']:.2f}")
     runs = read_runs(path)
@@ -257,7 +309,8 @@ def main(argv=None) -> None:
         "", "## Over the dense stage (fit seed 0)", "", markdown(trajectory_table(runs)), "",
         f"## After {EARLY_EPOCH} epochs, fit seeds {SEEDS[0]}-{SEEDS[-1]} (least and most over the seeds)", "",
         markdown(seeds_table(runs)), "", "## At the end of the dense stage, by setting", "",
-        markdown(variants_table(runs)), "", "## The committed grid by the simulator's decoder depth", "",
+        markdown(variants_table(runs)), "", "## Shallower simulator decoders, fitted to the end", "",
+        markdown(shallower_table(runs)), "", "## The committed grid by the simulator's decoder depth", "",
         markdown(depth_table()), ""])
     (RESULTS / "dense_fold.md").write_text(text)
     print(text)

@@ -480,12 +480,19 @@ def test_linear_readout_reaches_any_affine_map_of_the_learned_latents_and_no_mor
     assert recovery_grid.linear_readout(learned, folded)[0][0] < 0.2
 
 
-def test_dense_fold_observes_fits_dense_stage_and_stops_there():
+def _import_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks import each other by name, from their folder)."""
+    import importlib
+
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import dense_fold
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def test_dense_fold_observes_fits_dense_stage_and_stops_there():
+    dense_fold = _import_benchmark("dense_fold")
     import pyro_svae
     from pyro_svae import warm_start
 
@@ -523,3 +530,16 @@ def test_markdown_keeps_each_columns_type_in_an_all_numeric_row(recovery_grid):
     assert lines[2:] == ["| x | 26 | 0.963 | a |", "| y | 8 | 0.500 | b |"]
     numeric = recovery_grid.markdown(table[["screens", "median_mcc"]]).splitlines()  # a row of numbers only
     assert numeric[2] == "| x | 26 | 0.963 |"
+
+
+def test_dense_fold_shallower_table_sets_a_screen_beside_its_shallower_decoders():
+    dense_fold = _import_benchmark("dense_fold")
+    runs = pd.DataFrame([
+        {"part": "shallower", "screen": "fresh7", "variant": "layers 1", "mcc": 0.95, "target_f1": 0.99, "fold_min": 0.9},
+        {"part": "variants", "screen": "fresh7", "variant": "batch 64", "mcc": 0.1, "target_f1": 0.1, "fold_min": 0.1},
+    ])
+    table = dense_fold.shallower_table(runs)
+    # the screen's own fit (3 layers) comes from residual_mixing's committed runs, fitted the same way
+    assert list(table.index) == [("fresh7", 1), ("fresh7", 3)]
+    assert table.loc[("fresh7", 1)].tolist() == [0.95, 0.99, 0.9]
+    assert 0.8 < table.loc[("fresh7", 3), "mcc"] < 0.9
