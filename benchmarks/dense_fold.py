@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, markdown, read_runs, run_and_record  # noqa: E402
+from recovery_grid import RESULTS, markdown, per_screen, read_runs, run_and_record  # noqa: E402
 from residual_mixing import fold_cosines, shifts_from_origin  # noqa: E402
 
 TRAJECTORY_SCREENS = ["fresh7", "held_out0", "fresh2", "fresh1", "latents20", "mixed_hard", "paper", "base"]
@@ -197,7 +197,15 @@ def key(row) -> tuple:
     return row["part"], row["screen"], row["variant"], row["fit_seed"]
 
 
+def finished_fits() -> pd.DataFrame:
+    """``fit``'s finished fits of the same screens (fit seed 0, defaults), by screen: ``residual_mixing.py``'s
+    runs (its last row per screen), or an empty table when there are none."""
+    mixing = read_runs(RESULTS / "residual_mixing_runs.jsonl")
+    return mixing.drop_duplicates("screen", keep="last").set_index("screen") if len(mixing) else mixing
+
+
 def trajectory_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per screen: the mean fold after 1 and 11 epochs and at the dense stage's end, beside the finished fit."""
     traj = runs[runs["part"] == "trajectory"]
     by_epoch = traj[traj["epoch"] != "end"].astype({"epoch": int})
     end = traj[traj["epoch"] == "end"].set_index("screen")
@@ -206,20 +214,21 @@ def trajectory_table(runs: pd.DataFrame) -> pd.DataFrame:
         "after 11": by_epoch[by_epoch["epoch"] == EVERY].set_index("screen")["fold_mean"],
         "at the end": end["fold_mean"], "fold_min at the end": end["fold_min"],
         "dense epochs": end["dense_epochs"].astype(int), "mcc_rotated": end["mcc_rotated"]})
-    mixing = RESULTS / "residual_mixing_runs.jsonl"
-    if mixing.exists():
-        fitted = read_runs(mixing).drop_duplicates("screen", keep="last").set_index("screen")
+    fitted = finished_fits()
+    if len(fitted):
         table["fold_min of the fit"] = fitted["fold"]
         table["mcc of the fit"] = fitted["mcc"]
     return table.loc[[s for s in TRAJECTORY_SCREENS if s in table.index]]
 
 
 def seeds_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per screen: the least and most fold after ``EARLY_EPOCH`` epochs over the fit seeds."""
     seeds = runs[runs["part"] == "seeds"]
     return seeds.groupby("screen", sort=False)[["fold_min", "fold_mean"]].agg(["min", "max"]).round(3)
 
 
 def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per setting (rows) and screen: mean fold and rotated MCC at the dense stage's end."""
     ends = runs[(runs["epoch"] == "end") & runs["screen"].isin(VARIANT_SCREENS)
                 & runs["part"].isin(["trajectory", "variants"])]
     table = ends.pivot_table(index="variant", columns="screen", values=["fold_mean", "mcc_rotated"])
@@ -230,11 +239,11 @@ def shallower_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per screen and simulator depth: MCC, target F1 and smallest fold of ``fit``'s finished fit."""
     rows = runs[runs["part"] == "shallower"].assign(layers=lambda t: t["variant"].str.split().str[1].astype(int))
     rows = rows[["screen", "layers", "mcc", "target_f1", "fold_min"]]
-    mixing = RESULTS / "residual_mixing_runs.jsonl"
-    if mixing.exists():  # the screens' own depth (3), fitted the same way
+    own = finished_fits()
+    if len(own):  # the screens' own depth (3), fitted the same way
         from pyro_svae.datasets import grid_screens
 
-        own = read_runs(mixing).drop_duplicates("screen", keep="last")
+        own = own.reset_index()
         own = own[own["screen"].isin(rows["screen"])].rename(columns={"fold": "fold_min"})
         own["layers"] = [grid_screens("all")[s]["decoder_layers"] for s in own["screen"]]
         rows = pd.concat([rows, own[["screen", "layers", "mcc", "target_f1", "fold_min"]]])
@@ -242,19 +251,20 @@ def shallower_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def depth_table() -> pd.DataFrame:
+    """The committed grid's screens (mean over screen seeds) by the simulator decoder's hidden layers."""
     from pyro_svae.datasets import grid_screens
 
     grid = read_runs(RESULTS / "recovery_grid_budget_runs.jsonl")
-    grid = grid[(grid["method"] == "spike_and_slab") & (grid["fit_seed"] == grid["screen_seed"])]
-    per_screen = grid.groupby("screen")[["mcc", "target_f1"]].mean()
+    screens = per_screen(grid, ["mcc", "target_f1"]).xs("spike_and_slab", level="method")
     depth = pd.Series({name: spec["decoder_layers"] for name, spec in grid_screens("all").items()}, name="depth")
-    per_screen = per_screen.join(depth)
-    per_screen["meets both bars"] = (per_screen["mcc"] >= 0.9) & (per_screen["target_f1"] >= 0.9)
-    return per_screen.groupby("depth").agg(screens=("mcc", "size"), meeting=("meets both bars", "sum"),
+    screens = screens.join(depth)
+    screens["meets both bars"] = (screens["mcc"] >= 0.9) & (screens["target_f1"] >= 0.9)
+    return screens.groupby("depth").agg(screens=("mcc", "size"), meeting=("meets both bars", "sum"),
                                            median_mcc=("mcc", "median"), lowest_mcc=("mcc", "min"))
 
 
 def figure(runs: pd.DataFrame, path: Path) -> None:
+    """Left: the mean fold over the dense stage; right: at its end, by setting."""
     import matplotlib
 
     matplotlib.use("Agg")
