@@ -149,7 +149,10 @@ def linear_readout(learned: np.ndarray, truth: np.ndarray):
     return np.sqrt(np.clip(1 - residual.var(0) / truth.var(0), 0, 1)), coefficients
 
 
-def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
+def run(screen: str, screen_seed: int, fit_seed: int, method: str, changes: dict = None) -> dict:
+    """One fit of ``method`` on the grid screen ``screen`` (``screen_seed``), scored against its truth.
+    ``changes`` overrides some of the screen's :func:`~pyro_svae.datasets.simulate` arguments (the
+    simulator's decoder, say; ``None``: the grid's screen)."""
     import torch
 
     torch.set_num_threads(1)
@@ -164,11 +167,11 @@ def run(screen: str, screen_seed: int, fit_seed: int, method: str) -> dict:
                                                             for f in FDRS}, "aligned_calls": []}
     import pyro_svae
     from pyro_svae import metrics
-    from pyro_svae.datasets import grid_screens, simulate_grid_screen
+    from pyro_svae.datasets import grid_screens, simulate
     from pyro_svae.results import call_targets
 
-    spec = grid_screens("all")[screen]
-    adata = simulate_grid_screen(screen, seed=screen_seed)
+    spec = {**grid_screens("all")[screen], **(changes or {})}
+    adata = simulate(**spec, seed=screen_seed)
     control = "control" if spec["n_control"] else None
     options = _method_options(method, adata)
     start = time.perf_counter()

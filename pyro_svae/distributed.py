@@ -25,7 +25,7 @@ import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from .api import model_config
+from .api import _check, model_config
 from .data import read_screen
 from .factory import Components, build, create_params, layout_of
 from .prior_refit import refit_prior
@@ -104,8 +104,11 @@ class SVAEModule(_LightningModule):
     def configure_optimizers(self):
         prior_names = {name for site in self.components.sites for name in site.params.values()}
         prior = [p for n, p in zip(self.names, self.globals) if n in prior_names]
-        rest = [p for n, p in zip(self.names, self.globals) if n not in prior_names] + list(self.nets.parameters())
-        return torch.optim.Adam([{"params": rest, "lr": self.config.lr},
+        matrices = [p for p in self.nets.parameters() if p.dim() >= 2]  # what fit(weight_decay=...) decays
+        rest = ([p for n, p in zip(self.names, self.globals) if n not in prior_names]
+                + [p for p in self.nets.parameters() if p.dim() < 2])
+        return torch.optim.Adam([{"params": matrices, "lr": self.config.lr, "weight_decay": self.config.weight_decay},
+                                 {"params": rest, "lr": self.config.lr},
                                  {"params": prior, "lr": self.config.prior_lr}])
 
 
@@ -117,24 +120,26 @@ def _loader(n_cells: int, batch_size: int):
 def fit(adata, perturbation_key: str = "perturbation", control: Optional[str] = "control", *, devices=2,
         accelerator: str = "cpu", strategy: str = "ddp_spawn", num_nodes: int = 1, max_epochs: int = 100,
         batch_size: int = 256, kl_warmup_epochs: Optional[int] = None, lr: float = 1e-3, prior_lr: float = 1e-2,
-        seed: int = 0, progress: bool = False, **options):
+        weight_decay: float = 0.0, seed: int = 0, progress: bool = False, **options):
     """Fit on ``devices`` processes (CPU, gloo) or GPUs with a Lightning strategy.
 
     Takes :func:`pyro_svae.fit`'s data and model options (``layer``, ``batch_key``, ``n_latent``,
     ``prior``, ``prior_options``, ``likelihood``, ``n_hidden``, ``n_layers``, ...). ``batch_size``
-    is per rank. Returns an :class:`~pyro_svae.SVAE` in this process, with
+    is per rank. ``weight_decay`` is ``fit``'s: an L2 penalty on the networks' weight matrices
+    (:func:`pyro_svae.optim.matrix_names`; not their biases, nor the prior's parameters). Returns an :class:`~pyro_svae.SVAE` in this process, with
     ``rank_parameter_spread``, the largest difference of parameter checksums across ranks at the
     end (0 when the ranks agree).
     """
     if pl is None:
         raise ImportError("Distributed training needs PyTorch Lightning: pip install 'pyro_svae[distributed]'.")
+    _check("weight_decay", weight_decay, bool(np.isfinite(weight_decay)) and weight_decay >= 0, "to be finite and >= 0")
     config, prior = model_config(perturbation_key, control, **options)
     screen = read_screen(adata, config.perturbation_key, config.control, layer=config.layer,
                          batch_key=config.batch_key, separator=config.separator,
                          allow_non_integer=config.allow_non_integer)
     warmup = max(1, max_epochs // 40) if kl_warmup_epochs is None else kl_warmup_epochs
     train_config = TrainConfig(batch_size=batch_size, max_epochs=max_epochs, lr=lr, prior_lr=prior_lr,
-                               kl_warmup_epochs=warmup, validation_fraction=0.0, early_stopping=False, seed=seed)
+                               kl_warmup_epochs=warmup, weight_decay=weight_decay, validation_fraction=0.0, early_stopping=False, seed=seed)
     pyro.set_rng_seed(seed)
     components = build(config, layout_of(screen), prior)
     params: dict = {}

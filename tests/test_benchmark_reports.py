@@ -543,3 +543,51 @@ def test_dense_fold_shallower_table_sets_a_screen_beside_its_shallower_decoders(
     assert list(table.index) == [("fresh7", 1), ("fresh7", 3)]
     assert table.loc[("fresh7", 1)].tolist() == [0.95, 0.99, 0.9]
     assert 0.8 < table.loc[("fresh7", 3), "mcc"] < 0.9
+
+
+def test_simulator_family_fits_the_grid_screen_with_each_decoder_and_counts_the_bars(monkeypatch):
+    family = _import_benchmark("simulator_family")
+    from pyro_svae.datasets import simulate
+
+    calls = []
+
+    def fake_run(screen, screen_seed, fit_seed, method, changes=None):
+        calls.append((screen, screen_seed, fit_seed, method, changes))
+        return {"screen": screen, "method": method, "mcc": 0.5, "target_f1": 0.5, "seconds": 1.0, "unrecorded": 1}
+
+    monkeypatch.setattr(family, "run", fake_run)
+    row = family.family_run("latents4", "softplus", "none")
+    assert calls == [("latents4", 0, 0, "none", {"decoder_activation": "softplus"})]
+    assert row["decoder"] == "softplus" and "unrecorded" not in row and np.isnan(row["closeness"])
+    assert {(s, d) for s, d, _ in family.jobs()} == {(s, d) for s in family.SCREENS for d in family.DECODERS}
+
+    # how a decoder bends: tanh (odd, no biases) changes the same genes on both sides of a latent;
+    # the bias-free leaky ReLU sends each side along its own ray; both bend (variance beyond any affine map)
+    small = dict(n_perturbations=6, n_latent=3, n_genes=30, n_cells_per_perturbation=30, n_control=60,
+                 max_targets=1, shift_size=3.0, decoder_layers=2, n_hidden=16, seed=0)
+    odd, rays = (family.nonlinearity(simulate(**small, decoder_activation=a)) for a in ("tanh", "leaky_relu"))
+    assert odd["side_cosine"] == pytest.approx(1.0) and rays["side_cosine"] < 0.9
+    assert 0.02 < odd["nonlinear_share"] < 0.5 and 0.02 < rays["nonlinear_share"] < 0.5
+    assert odd["cell_share"] == pytest.approx(1.0) and rays["cell_share"] < 1.0  # only the new decoders are centred
+
+    def fit(screen, decoder, method, mcc, f1, fdp=0.0):
+        return {"screen": screen, "decoder": decoder, "method": method, "mcc": mcc, "target_f1": f1,
+                "fdp_0.1": fdp, "seconds": 10.0, "side_cosine": 99.0}  # a stale column: replaced
+
+    runs = pd.DataFrame([fit("depth3", "leaky_relu", "spike_and_slab", 0.95, 0.99),
+                         fit("depth1", "leaky_relu", "spike_and_slab", 0.97, 0.89, 0.2),  # F1 under the bar
+                         fit("depth3", "leaky_relu", "none", 0.70, np.nan), fit("depth1", "leaky_relu", "none", 0.80, np.nan),
+                         fit("depth3", "tanh", "spike_and_slab", 0.91, 0.95), fit("depth3", "tanh", "none", 0.60, np.nan)])
+    decoders = pd.DataFrame([{"screen": s, "decoder": d, "side_cosine": c, "nonlinear_share": 0.1, "cell_share": 1.0}
+                             for s, d, c in [("depth3", "leaky_relu", 0.2), ("depth1", "leaky_relu", 0.4),
+                                             ("depth3", "tanh", 1.0)]])
+    runs = family.with_decoders(runs, decoders)
+    summary = family.summary(runs)
+    assert list(summary.index) == ["leaky_relu", "tanh"]
+    assert summary.loc["leaky_relu", "meeting both bars"] == 1 and summary.loc["tanh", "meeting both bars"] == 1
+    assert summary.loc["leaky_relu", "median MCC over none"] == pytest.approx(np.median([0.25, 0.17]))
+    assert summary.loc["leaky_relu", "worst FDP at 0.1"] == 0.2
+    assert summary.loc["leaky_relu", "median side cosine"] == pytest.approx(0.3)
+    screens = family.per_screen(runs)
+    assert list(screens.index) == [("depth1", "leaky_relu"), ("depth3", "leaky_relu"), ("depth3", "tanh")]
+    assert screens.loc[("depth3", "tanh"), "none MCC"] == 0.60 and screens.loc[("depth3", "tanh"), "side_cosine"] == 1.0

@@ -67,3 +67,36 @@ def test_distributed_fit_ends_with_the_prior_guide_at_its_optimum():
     gap = prior_part_of_elbo(again, screen) - prior_part_of_elbo(model, screen)
     # measured: 0.3 nats; 73 nats with the refit taken out of distributed.fit
     assert gap < 2.0, gap
+
+
+def test_distributed_weight_decay_reaches_the_networks_weight_matrices_only(monkeypatch):
+    groups = []
+    configure = distributed.SVAEModule.configure_optimizers
+
+    def recording(module):
+        optimizer = configure(module)
+        groups.append([(group["weight_decay"], {id(p) for p in group["params"]}) for group in optimizer.param_groups])
+        nets.append(module.nets)
+        return optimizer
+
+    nets: list = []
+    monkeypatch.setattr(distributed.SVAEModule, "configure_optimizers", recording)
+    adata = make_screen(n_perturbations=6, n_cells_per_perturbation=25, seed=3)
+    before = adata.copy()
+    short = {**SETTINGS, "max_epochs": 2}
+    decayed = distributed.fit(adata, devices=1, strategy="auto", batch_size=64, weight_decay=5.0, **short)
+    matrices = {id(p) for p in nets[0].parameters() if p.dim() >= 2}
+    by_decay = {}
+    for decay, members in groups[0]:
+        by_decay.setdefault(decay, set()).update(members)
+    assert by_decay[5.0] == matrices  # every weight matrix, and nothing else
+    assert not by_decay[0.0] & matrices and any(p.dim() < 2 for p in nets[0].parameters())
+    plain = distributed.fit(adata, devices=1, strategy="auto", batch_size=64, **short)
+
+    def norm(model):
+        return sum(float(p.detach().norm() ** 2) for p in model.components.nets.parameters() if p.dim() >= 2)
+
+    assert norm(decayed) < norm(plain)
+    np.testing.assert_array_equal(adata.X, before.X)
+    with pytest.raises(ValueError, match=r"Expected weight_decay to be finite and >= 0, but got -1"):
+        distributed.fit(adata, devices=1, strategy="auto", weight_decay=-1.0, **short)

@@ -123,3 +123,58 @@ def test_true_elbo_is_the_evidence_where_the_posterior_is_gaussian_and_below_it_
         true_elbo(adata, n_draws=0)
     with pytest.raises(ValueError, match="covariance to be 'diagonal' or 'full'.*'low_rank'"):
         true_elbo(adata, covariance="low_rank")
+
+
+@pytest.mark.parametrize("activation,bias", [("leaky_relu", 1.0), ("softplus", 0.0), ("tanh", 0.5)])
+def test_other_simulated_decoders_keep_the_screen_and_are_read_back(activation, bias):
+    import torch
+
+    from pyro_svae.datasets.oracle import _TrueModel
+    from pyro_svae.datasets.simulation import decode, decoder_of, true_log_mean
+
+    deep = dict(SMALL, library_size=1e6, dispersion=None)
+    grid_decoder, adata = simulate(**deep, seed=3), simulate(**deep, decoder_activation=activation,
+                                                             decoder_bias=bias, seed=3)
+    # targets, shifts and cell latents are drawn before the decoder: the same screen, other genes' responses
+    # (the counts draw a varying number of numbers, so the cells come in another order)
+    np.testing.assert_array_equal(adata.uns["true_targets"], grid_decoder.uns["true_targets"])
+    rows = (lambda z: z[np.lexsort(z.T)])  # noqa: E731
+    np.testing.assert_array_equal(rows(adata.obsm["z_true"]), rows(grid_decoder.obsm["z_true"]))
+    assert not np.array_equal(adata.X, grid_decoder.X)
+    decoder = adata.uns["true_decoder"]
+    assert decoder["activation"] == activation and ("b0" in decoder) == (bias > 0)
+    # the nonlinearity acts on the latents' range: unit-sd pre-activations in the first hidden layer,
+    # and each gene's logit centred over the cells
+    first = adata.obsm["z_true"].astype(float) @ decoder["w0"]
+    np.testing.assert_allclose(first.std(axis=0), 1.0, rtol=1e-6)
+    logits = decode(adata.obsm["z_true"].astype(float), **decoder_of(adata))
+    np.testing.assert_allclose(logits.mean(axis=0), 0.0, atol=1e-5 * np.abs(logits).max())
+    # the recorded decoder is the one the counts were drawn from: at ~1e6 counts per cell the observed
+    # log proportions are its own, and reading it with the grid's nonlinearity misses them
+    z, counts = adata.obsm["z_true"], np.asarray(adata.X, float)
+    observed = np.log(counts + 0.5) - np.log(adata.obs["true_library"].to_numpy())[:, None]
+    error = np.abs(observed - true_log_mean(adata, z))[counts > 1000].mean()
+    wrong = adata.copy()
+    wrong.uns["true_decoder"] = {**decoder, "activation": "softplus" if activation != "softplus" else "tanh"}
+    assert error < 0.02 < np.abs(observed - true_log_mean(wrong, z))[counts > 1000].mean()
+    # the oracle decodes with it too (torch), as the simulator does (NumPy)
+    as_torch = decoder_of(adata, convert=lambda a: torch.as_tensor(a, dtype=torch.float64))
+    np.testing.assert_allclose(decode(torch.as_tensor(z, dtype=torch.float64), **as_torch).numpy(),
+                               decode(z.astype(float), **decoder_of(adata)), rtol=1e-9, atol=1e-9)
+    model = _TrueModel(adata)
+    log_mu = torch.as_tensor(true_log_mean(adata, z, adata.obs["true_library"].to_numpy()))
+    expected = (torch.as_tensor(counts) * log_mu - log_mu.exp()).sum(-1)
+    z64 = torch.as_tensor(z, dtype=torch.float64)
+    got = model.log_joint(z64, torch.as_tensor(counts), torch.as_tensor(np.log(adata.obs["true_library"].to_numpy())),
+                          z64)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9)
+
+
+def test_simulated_decoder_options_are_checked():
+    with pytest.raises(ValueError, match=r"decoder_activation.*'leaky_relu'.*but got 'relu'"):
+        simulate(**SMALL, decoder_activation="relu")
+    with pytest.raises(ValueError, match=r"decoder_bias >= 0, but got -1"):
+        simulate(**SMALL, decoder_bias=-1.0)
+    # the defaults are the grid's decoder, draw for draw
+    np.testing.assert_array_equal(simulate(**SMALL, seed=4).X,
+                                  simulate(**SMALL, decoder_activation="leaky_relu", decoder_bias=0.0, seed=4).X)

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .simulation import decode, decoder_of
+
 __all__ = ["TruePosterior", "true_elbo", "true_posterior", "true_prior_mean"]
 
 
@@ -71,18 +73,14 @@ class _TrueModel:
 
     def __init__(self, adata, dtype=torch.float64):
         decoder = _require(adata, "uns", "true_decoder")
-        self.weights = [torch.as_tensor(np.asarray(decoder[f"w{i}"]), dtype=dtype) for i in range(int(decoder["n_weights"]))]
-        self.slope, self.logit_scale = float(decoder["slope"]), float(decoder["logit_scale"])
+        self.decoder = decoder_of(adata, convert=lambda array: torch.as_tensor(array, dtype=dtype))
+        self.logit_scale = float(decoder["logit_scale"])
         self.baseline = torch.as_tensor(np.asarray(decoder["baseline"], float), dtype=dtype)
         self.theta = float(_require(adata, "uns", "true_dispersion"))
 
     def log_joint(self, z, counts, log_library, prior_mean):
         """``z`` ``[..., n, K]``; ``counts`` ``[n, G]``; ``log_library`` ``[n]``; returns ``[..., n]``."""
-        h = z
-        for w in self.weights[:-1]:
-            h = h @ w
-            h = torch.maximum(self.slope * h, h)
-        logits = h @ self.weights[-1] / self.logit_scale + self.baseline
+        logits = decode(z, **self.decoder) / self.logit_scale + self.baseline
         log_mu = torch.log_softmax(logits, dim=-1) + log_library[:, None]
         if np.isinf(self.theta):  # Poisson
             log_lik = counts * log_mu - log_mu.exp()

@@ -9,15 +9,21 @@ import anndata
 import numpy as np
 import pandas as pd
 
-__all__ = ["simulate", "true_log_mean"]
+__all__ = ["ACTIVATIONS", "activate", "decode", "decoder_of", "simulate", "true_log_mean"]
 
 #: Leaky-ReLU slope of the simulated decoder.
 SLOPE = 0.2
 
+#: The simulated decoder's hidden nonlinearities, all strictly increasing, so the decoder stays
+#: injective: a kink at the origin (``"leaky_relu"``, the default), a smooth bend (``"softplus"``)
+#: and saturation (``"tanh"``).
+ACTIVATIONS = ("leaky_relu", "softplus", "tanh")
+
 
 def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_hidden: int, slope: float,
                        n_layers: int = 3):
-    """Weights of a leaky-ReLU MLP that is injective (full column rank layers, Lachapelle et al.)."""
+    """Weights of an MLP with strictly increasing nonlinearities that is injective (full column rank
+    layers, Lachapelle et al.)."""
     sizes = [n_latent] + [n_hidden] * n_layers + [n_genes]
     weights = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
@@ -28,12 +34,55 @@ def _injective_decoder(rng: np.random.Generator, n_latent: int, n_genes: int, n_
     return weights
 
 
-def _decode(z: np.ndarray, weights, slope: float) -> np.ndarray:
+def activate(h, activation: str, slope: float = SLOPE):
+    """The simulated decoder's nonlinearity on ``h`` (a NumPy array or a torch tensor)."""
+    if activation == "leaky_relu":
+        return np.maximum(slope * h, h) if isinstance(h, np.ndarray) else h.maximum(slope * h)
+    if activation == "softplus":
+        return np.logaddexp(0.0, h) if isinstance(h, np.ndarray) else h.clamp(min=0) + (-h.abs()).exp().log1p()
+    if activation == "tanh":
+        return np.tanh(h) if isinstance(h, np.ndarray) else h.tanh()
+    raise ValueError(f"Expected decoder_activation to be one of {list(ACTIVATIONS)}, but got {activation!r}.")
+
+
+def decode(z, weights, slope: float, activation: str = "leaky_relu", biases=None, centre=None):
+    """The simulated decoder's logits before scaling: ``biases`` (one per hidden layer, ``None``: zero);
+    ``centre`` (one per gene, ``None``: zero) is subtracted from the output."""
     h = z
-    for w in weights[:-1]:
+    for i, w in enumerate(weights[:-1]):
         h = h @ w
-        h = np.maximum(slope * h, h)
-    return h @ weights[-1]
+        if biases is not None:
+            h = h + biases[i]
+        h = activate(h, activation, slope)
+    h = h @ weights[-1]
+    return h if centre is None else h - centre
+
+
+def _standardised(weights, z: np.ndarray, activation: str, bias: float, rng: np.random.Generator):
+    """``weights`` with each hidden unit's pre-activation scaled to unit standard deviation over the
+    cells ``z``, and hidden biases ``N(0, bias)`` in those units (``None`` when ``bias`` is 0), so that
+    a nonlinearity acts on the latents' own range whatever the depth."""
+    scaled, biases, h = [], [], z
+    for w in weights[:-1]:
+        w = w / (h @ w).std(axis=0)
+        biases.append(rng.normal(0.0, bias, size=w.shape[1]) if bias else np.zeros(w.shape[1]))
+        h = activate(h @ w + biases[-1], activation)
+        scaled.append(w)
+    return scaled + [weights[-1]], (biases if bias else None)
+
+
+def decoder_of(adata: anndata.AnnData, convert=np.asarray) -> dict:
+    """The simulator's decoder kept in ``adata.uns["true_decoder"]``, as keyword arguments of
+    :func:`decode` (``weights``, ``slope``, ``activation``, ``biases``, ``centre``); ``convert`` turns each array into
+    the array type wanted. Screens simulated before the decoder options were added decode as before."""
+    decoder = adata.uns["true_decoder"]
+    n_weights = int(decoder["n_weights"])
+    biases = ([convert(np.asarray(decoder[f"b{i}"], float)) for i in range(n_weights - 1)]
+              if "b0" in decoder else None)
+    centre = convert(np.asarray(decoder["centre"], float)) if "centre" in decoder else None
+    return {"weights": [convert(np.asarray(decoder[f"w{i}"], float)) for i in range(n_weights)],
+            "slope": float(decoder["slope"]), "activation": str(decoder.get("activation", "leaky_relu")),
+            "biases": biases, "centre": centre}
 
 
 def true_log_mean(adata: anndata.AnnData, z: np.ndarray, library=None) -> np.ndarray:
@@ -44,8 +93,7 @@ def true_log_mean(adata: anndata.AnnData, z: np.ndarray, library=None) -> np.nda
     gene programs learned by a model can be compared with the truth.
     """
     decoder = adata.uns["true_decoder"]
-    weights = [np.asarray(decoder[f"w{i}"]) for i in range(int(decoder["n_weights"]))]
-    logits = _decode(np.asarray(z, float), weights, float(decoder["slope"])) / float(decoder["logit_scale"])
+    logits = decode(np.asarray(z, float), **decoder_of(adata)) / float(decoder["logit_scale"])
     logits = logits + np.asarray(decoder["baseline"])
     log_p = logits - logits.max(axis=-1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(axis=-1, keepdims=True))
@@ -82,6 +130,8 @@ def simulate(
     gene_baseline_sd: float = 0.0,
     library_sd: float = 0.2,
     decoder_layers: int = 3,
+    decoder_activation: str = "leaky_relu",
+    decoder_bias: float = 0.0,
     n_combinations: int = 0,
     interaction: float = 0.0,
     cells_per_perturbation: Optional[Sequence[int]] = None,
@@ -96,6 +146,16 @@ def simulate(
     proportions (the reference code normalises over cells); counts are negative binomial with mean
     ``library * softmax`` and inverse dispersion ``dispersion`` (``None``: Poisson). Library sizes
     are log-normal around ``library_size`` with log-sd ``library_sd``.
+
+    ``decoder_activation`` is the decoder's hidden nonlinearity (:data:`ACTIVATIONS`): the
+    default leaky ReLU bends each latent at its origin, ``"softplus"`` bends it smoothly and
+    ``"tanh"`` saturates it. ``decoder_bias`` > 0 adds a bias to each hidden unit, drawn with that
+    standard deviation, so that the bends sit away from the origin (0: none). With either option
+    away from its default, each hidden unit's pre-activation is scaled to unit standard deviation
+    over the screen's cells (a smooth nonlinearity then acts on the latents' own range, where the
+    bias-free leaky ReLU is indifferent to scale) and each gene's logit is centred over the cells (a
+    constant per gene is a baseline) before the logits are scaled; the default decoder is drawn as
+    before.
 
     ``n_combinations`` random pairs ``"pA+pB"`` get ``n_cells_per_perturbation`` cells each, with
     the sum of their members' shifts plus, with ``interaction > 0``, a non-additive term: a shift
@@ -120,6 +180,11 @@ def simulate(
                          f"min_targets={min_targets}, max_targets={max_targets}.")
     if decoder_layers < 1:
         raise ValueError(f"Expected decoder_layers >= 1, but got {decoder_layers}.")
+    if decoder_activation not in ACTIVATIONS:
+        raise ValueError(f"Expected decoder_activation to be one of {list(ACTIVATIONS)}, but got "
+                         f"{decoder_activation!r}.")
+    if not decoder_bias >= 0:
+        raise ValueError(f"Expected decoder_bias >= 0, but got {decoder_bias}.")
     rng = np.random.default_rng(seed)
     # options added after the first release draw from their own stream, so the defaults keep
     # reproducing earlier screens draw for draw
@@ -155,7 +220,11 @@ def simulate(
 
     weights = _injective_decoder(rng, n_latent, n_genes, max(n_hidden, n_latent), slope=SLOPE,
                                  n_layers=decoder_layers)
-    logits = _decode(z, weights, slope=SLOPE)
+    biases = centre = None
+    if decoder_activation != "leaky_relu" or decoder_bias:  # (own stream: the default draws are unchanged)
+        weights, biases = _standardised(weights, z, decoder_activation, decoder_bias, np.random.default_rng([seed, 2]))
+        centre = decode(z, weights, slope=SLOPE, activation=decoder_activation, biases=biases).mean(axis=0)
+    logits = decode(z, weights, slope=SLOPE, activation=decoder_activation, biases=biases, centre=centre)
     logit_scale = logits.std()
     logits /= logit_scale
     baseline = extra.normal(0.0, gene_baseline_sd, size=n_genes) if gene_baseline_sd else np.zeros(n_genes)
@@ -179,7 +248,10 @@ def simulate(
     adata.uns["true_shifts"] = shifts.astype(np.float32)
     adata.uns["perturbation_names"] = np.array(names)
     adata.uns["true_decoder"] = {**{f"w{i}": w for i, w in enumerate(weights)}, "n_weights": len(weights),
-                                 "slope": SLOPE, "logit_scale": float(logit_scale), "baseline": baseline}
+                                 "slope": SLOPE, "logit_scale": float(logit_scale), "baseline": baseline,
+                                 "activation": decoder_activation,
+                                 **({f"b{i}": b for i, b in enumerate(biases)} if biases is not None else {}),
+                                 **({"centre": centre} if centre is not None else {})}
     adata.uns["true_dispersion"] = np.inf if dispersion is None else float(dispersion)  # inf: Poisson
     if pairs:
         adata.uns["combinations"] = np.array([f"{names[a]}+{names[b]}" for a, b in pairs])
