@@ -221,10 +221,13 @@ def simulate(
     weights = _injective_decoder(rng, n_latent, n_genes, max(n_hidden, n_latent), slope=SLOPE,
                                  n_layers=decoder_layers)
     biases = centre = None
-    if decoder_activation != "leaky_relu" or decoder_bias:  # (own stream: the default draws are unchanged)
+    standardise = decoder_activation != "leaky_relu" or decoder_bias > 0
+    if standardise:  # (own stream: the default draws are unchanged)
         weights, biases = _standardised(weights, z, decoder_activation, decoder_bias, np.random.default_rng([seed, 2]))
-        centre = decode(z, weights, slope=SLOPE, activation=decoder_activation, biases=biases).mean(axis=0)
-    logits = decode(z, weights, slope=SLOPE, activation=decoder_activation, biases=biases, centre=centre)
+    logits = decode(z, weights, slope=SLOPE, activation=decoder_activation, biases=biases)
+    if standardise:
+        centre = logits.mean(axis=0)
+        logits = logits - centre
     logit_scale = logits.std()
     logits /= logit_scale
     baseline = extra.normal(0.0, gene_baseline_sd, size=n_genes) if gene_baseline_sd else np.zeros(n_genes)
