@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, markdown, per_screen, read_runs, run_and_record  # noqa: E402
+from recovery_grid import RESULTS, markdown, per_screen, read_runs, run_missing  # noqa: E402
 from residual_mixing import fold_cosines, shifts_from_origin  # noqa: E402
 
 TRAJECTORY_SCREENS = ["fresh7", "held_out0", "fresh2", "fresh1", "latents20", "mixed_hard", "paper", "base"]
@@ -304,11 +304,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     path = RESULTS / "dense_fold_runs.jsonl"
     if not args.report_only:
-        done = {key(r) for _, r in read_runs(path).iterrows()} if path.exists() else set()
-        todo = [job for job in jobs() if job not in done]
-        run_and_record(run_job, todo, path, args.jobs,
-                       lambda r: f"{r['part']:>10} {r['screen']:>10} {r['variant']:>12} seed {r['fit_seed']} "
-                                 f"epoch {r['epoch']}: fold {r['fold_min']:.2f} / {r['fold_mean']:.2f}")
+        run_missing(run_job, jobs(), key, path, args.jobs,
+                    lambda r: f"{r['part']:>10} {r['screen']:>10} {r['variant']:>12} seed {r['fit_seed']} "
+                              f"epoch {r['epoch']}: fold {r['fold_min']:.2f} / {r['fold_mean']:.2f}")
     runs = read_runs(path)
     figure(runs, RESULTS / "dense_fold.png")
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]

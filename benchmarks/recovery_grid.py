@@ -289,10 +289,16 @@ def run_and_record(function, jobs, path: Path, n_jobs: int, describe) -> list:
     return rows
 
 
+def run_missing(function, jobs, key, path: Path, n_jobs: int, describe) -> list:
+    """:func:`run_and_record` of the ``jobs`` the runs file ``path`` lacks: ``key(row)`` is the job a
+    recorded row came from."""
+    done = {key(row) for _, row in read_runs(path).iterrows()} if path.exists() else set()
+    return run_and_record(function, [job for job in jobs if job not in done], path, n_jobs, describe)
+
+
 def run_screens(function, screens, path: Path, n_jobs: int, describe) -> list:
     """:func:`run_and_record` of ``function(screen)`` for the ``screens`` the runs file ``path`` lacks."""
-    done = set(read_runs(path)["screen"]) if path.exists() else set()
-    return run_and_record(function, [(s,) for s in screens if s not in done], path, n_jobs, describe)
+    return run_missing(function, [(s,) for s in screens], lambda row: (row["screen"],), path, n_jobs, describe)
 
 
 def read_runs(path: Path) -> pd.DataFrame:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_grid import RESULTS, markdown, read_runs, run, run_and_record  # noqa: E402
+from recovery_grid import RESULTS, markdown, read_runs, run, run_missing  # noqa: E402
 
 #: Grid screens of the page: one- to three-layer decoders, small to large effects, with and without
 #: folding (fresh7) under the grid's own decoder; each fits in about two minutes on one thread.
@@ -187,10 +187,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     path = RESULTS / "simulator_family_runs.jsonl"
     if not args.report_only:
-        done = {(r["screen"], r["decoder"], r["method"]) for _, r in read_runs(path).iterrows()} if path.exists() else set()
-        run_and_record(family_run, [job for job in jobs() if job not in done], path, args.jobs,
-                       lambda r: f"{r['screen']:>10} {r['decoder']:>18} {r['method']:>14}: MCC {r['mcc']:.3f} "
-                                 f"F1 {r['target_f1']:.3f} ({r['seconds']:.0f} s)")
+        run_missing(family_run, jobs(), lambda r: (r["screen"], r["decoder"], r["method"]), path, args.jobs,
+                    lambda r: f"{r['screen']:>10} {r['decoder']:>18} {r['method']:>14}: MCC {r['mcc']:.3f} "
+                              f"F1 {r['target_f1']:.3f} ({r['seconds']:.0f} s)")
     runs = with_decoders(read_runs(path), simulated_decoders())
     figure(runs, RESULTS / "simulator_family.png")
     text = "\n".join([
