@@ -46,8 +46,11 @@ def activate(h, activation: str, slope: float = SLOPE):
 
 
 def decode(z, weights, slope: float, activation: str = "leaky_relu", biases=None, centre=None):
-    """The simulated decoder's logits before scaling: ``biases`` (one per hidden layer, ``None``: zero);
-    ``centre`` (one per gene, ``None``: zero) is subtracted from the output."""
+    """The simulated decoder's logits ``[..., n_genes]`` of latents ``z`` ``[..., n_latent]`` (a NumPy
+    array, or a torch tensor with torch ``weights``), before ``logit_scale`` and the baseline:
+    ``weights`` ``[n_latent, n_hidden], ..., [n_hidden, n_genes]``; ``biases`` (``[n_hidden]`` per
+    hidden layer, ``None``: zero); ``centre`` (``[n_genes]``, ``None``: zero) is subtracted from the
+    output. :func:`decoder_of` gives every argument but ``z`` for a simulated screen."""
     h = z
     for i, w in enumerate(weights[:-1]):
         h = h @ w
